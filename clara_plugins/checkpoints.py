@@ -1,0 +1,396 @@
+"""Loading and saving CLaRa checkpoints: the official layout and our safetensors format.
+
+Official layout (reference section 5), per ``compression-N`` folder: ``config.json``, ``adapters.pth`` (a pickled
+``{adapter name: peft state dict}``) and ``decoder_first_last_layers.pth`` (full embedding and output matrices).
+Both pickles are read with ``torch.load(weights_only=True)`` only. Unlike the official loader, every adapter
+present is loaded for its role, a missing or malformed file is an error naming it, and Hub subfolders work.
+
+Our format (``save_pretrained``): ``clara_config.json``, ``adapters.safetensors`` (keys ``{role}.layers...``),
+``token_rows.safetensors`` (only the embedding/output rows that differ from the base model), the tokenizer, and
+``base/`` with the base model when it is not a Hub id.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from clara_plugins.config import OFFICIAL_TO_ROLE, OUR_CONFIG_FILE, ROLE_TO_OFFICIAL, ROLES, ClaraConfig
+from clara_plugins.errors import CheckpointError, ClaraError
+from clara_plugins.model import ClaraModel, default_device, resolve_dtype, row_checksums
+
+logger = logging.getLogger(__name__)
+
+OFFICIAL_FILES = ("config.json", "adapters.pth", "decoder_first_last_layers.pth")
+ADAPTERS_FILE = "adapters.safetensors"
+ROWS_FILE = "token_rows.safetensors"
+BASE_DIR = "base"
+_LORA_KEY = re.compile(r"(layers\.\d+\..*\.lora_[AB])(?:\.[^.]+)?\.weight$")
+
+
+# ---------------------------------------------------------------------------- locating a checkpoint
+def bundled_tiny_dir() -> Path:
+    """Folder of the bundled, trained tiny model (built by ``scripts/build_tiny_model.py``)."""
+    return Path(str(importlib.resources.files("clara_plugins.assets"))) / "tiny"
+
+
+def locate(source: str | Path, subfolder: str | None = None, **hub_kwargs: Any) -> tuple[Path, str]:
+    """Return ``(folder, kind)`` where kind is ``"ours"`` or ``"official"``; downloads from the Hub if needed."""
+    if str(source) == "tiny":
+        folder = bundled_tiny_dir()
+        if not (folder / OUR_CONFIG_FILE).exists():
+            msg = (
+                f"the bundled tiny model is missing from this install ({folder}); rebuild it with "
+                "`python scripts/build_tiny_model.py` from a source checkout"
+            )
+            raise CheckpointError(msg)
+        return folder, "ours"
+    root = Path(source).expanduser()
+    if root.exists():
+        folder = root / subfolder if subfolder else root
+        if not folder.is_dir():
+            msg = f"{folder} is not a folder"
+            raise CheckpointError(msg)
+    elif _looks_like_hub_id(str(source)):
+        folder = _download(str(source), subfolder, **hub_kwargs)
+    else:
+        msg = f"no checkpoint at {source!r}: not a local folder, not a Hub id, not 'tiny'"
+        raise CheckpointError(msg)
+    if (folder / OUR_CONFIG_FILE).exists():
+        return folder, "ours"
+    if (folder / "config.json").exists():
+        return folder, "official"
+    hint = " (official checkpoints keep their files in a subfolder: pass subfolder='compression-16')"
+    msg = f"{folder} has neither {OUR_CONFIG_FILE} nor config.json" + ("" if subfolder else hint)
+    raise CheckpointError(msg)
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None and not source.startswith((".", "/"))
+
+
+def _download(repo_id: str, subfolder: str | None, **hub_kwargs: Any) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = [f"{subfolder}/*"] if subfolder else None
+    try:
+        root = Path(snapshot_download(repo_id, allow_patterns=patterns, **hub_kwargs))
+    except Exception as err:  # the hub raises many types (offline, 404, auth): all mean "not loadable"
+        msg = f"could not download {repo_id!r} (subfolder {subfolder!r}) from the Hugging Face Hub: {err}"
+        raise CheckpointError(msg) from err
+    folder = root / subfolder if subfolder else root
+    if not folder.is_dir():
+        msg = f"{repo_id!r} has no subfolder {subfolder!r}"
+        raise CheckpointError(msg)
+    return folder
+
+
+# ---------------------------------------------------------------------------- loading
+def load_pretrained(
+    source: str | Path,
+    subfolder: str | None = None,
+    base_model: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    **hub_kwargs: Any,
+) -> ClaraModel:
+    """See :meth:`ClaraModel.from_pretrained`."""
+    folder, kind = locate(source, subfolder, **hub_kwargs)
+    device = torch.device(device) if device is not None else default_device()
+    dtype = resolve_dtype(dtype, device)
+    loader = _load_ours if kind == "ours" else _load_official
+    model = loader(folder, base_model, device, dtype)
+    model.source = str(source) + (f"/{subfolder}" if subfolder else "")
+    model.peft_model.eval()
+    logger.info("loaded %s (%s format, roles %s) on %s/%s", model.source, kind, model.roles, device, dtype)
+    return model
+
+
+def _load_base(
+    base: str, device: torch.device, dtype: torch.dtype, tokenizer_from: str | Path | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if Path(base).is_absolute() and not Path(base).exists():
+        msg = (
+            f"the base model folder {base!r} recorded in the checkpoint does not exist on this machine; pass "
+            "base_model='mistralai/Mistral-7B-Instruct-v0.2' (or a local copy) to from_pretrained"
+        )
+        raise CheckpointError(msg)
+    placement = {"device_map": {"": str(device)}} if device.type != "cpu" else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_from or base))
+        lm = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype, **placement)
+    except (OSError, ValueError) as err:
+        msg = f"could not load the base model {base!r}: {err}"
+        raise CheckpointError(msg) from err
+    return lm, tokenizer
+
+
+def _torch_load(path: Path) -> dict:
+    if not path.is_file():
+        msg = f"missing checkpoint file {path}; refusing to run with untrained weights"
+        raise CheckpointError(msg)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged or malicious pickle: never fall back to weights_only=False
+        msg = f"cannot read {path} as a weights-only torch file: {err}"
+        raise CheckpointError(msg) from err
+    if not isinstance(data, dict) or not data:
+        msg = f"{path} does not hold a non-empty dict of tensors (got {type(data).__name__})"
+        raise CheckpointError(msg)
+    return data
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        msg = f"cannot read {path}: {err}"
+        raise CheckpointError(msg) from err
+    if not isinstance(data, dict):
+        msg = f"{path} must hold a JSON object"
+        raise CheckpointError(msg)
+    return data
+
+
+def _load_official(folder: Path, base_model: str | None, device: torch.device, dtype: torch.dtype) -> ClaraModel:
+    data = _read_json(folder / "config.json")
+    if str(data.get("model_type", "")).lower() != "clara":
+        msg = f"{folder / 'config.json'} is not a CLaRa config (model_type={data.get('model_type')!r})"
+        raise CheckpointError(msg)
+    try:
+        config = ClaraConfig.from_official(data, base_model)
+    except ClaraError as err:
+        msg = f"{folder / 'config.json'}: {err}"
+        raise CheckpointError(msg) from err
+    adapters = _torch_load(folder / "adapters.pth")
+    matrices = _torch_load(folder / "decoder_first_last_layers.pth")
+    unknown = [name for name in adapters if name not in OFFICIAL_TO_ROLE]
+    if unknown:
+        msg = f"{folder / 'adapters.pth'}: unknown adapter names {unknown}; expected {sorted(OFFICIAL_TO_ROLE)}"
+        raise CheckpointError(msg)
+    roles = [r for r in ROLES if ROLE_TO_OFFICIAL[r] in adapters]
+    lm, tokenizer = _load_base(config.base_model, device, dtype)
+    model = ClaraModel.from_base(lm, tokenizer, config, roles=roles)
+    model.base_source = config.base_model
+    _load_full_matrices(model, matrices, folder / "decoder_first_last_layers.pth")
+    for name, state in adapters.items():
+        _load_adapter(model, OFFICIAL_TO_ROLE[name], state, f"{folder / 'adapters.pth'}[{name!r}]")
+    return model
+
+
+def _find(state: dict, suffix: str, file: Path) -> torch.Tensor:
+    keys = [k for k in state if k.endswith(suffix)]
+    if len(keys) != 1:
+        msg = f"{file}: expected one '*{suffix}' tensor, found {keys or 'none'} among {list(state)[:6]}"
+        raise CheckpointError(msg)
+    return state[keys[0]]
+
+
+def _copy_checked(target: torch.Tensor, value: torch.Tensor, what: str) -> None:
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(target.shape):
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        msg = f"{what}: shape {shape} does not match the model's {tuple(target.shape)}"
+        raise CheckpointError(msg)
+    with torch.no_grad():
+        target.copy_(value.to(target.device, target.dtype))
+
+
+def _load_full_matrices(model: ClaraModel, state: dict, file: Path) -> None:
+    embed = model.peft_model.get_input_embeddings().weight
+    _copy_checked(embed, _find(state, "embed_tokens.weight", file), f"{file} embed_tokens")
+    head = model.base_lm.get_output_embeddings()
+    if head is not None and head.weight is not embed:
+        _copy_checked(head.weight, _find(state, "lm_head.weight", file), f"{file} lm_head")
+
+
+def canonical_lora_key(name: str) -> str | None:
+    """``...layers.0.self_attn.q_proj.lora_A[.adapter].weight`` -> ``layers.0.self_attn.q_proj.lora_A.weight``."""
+    match = _LORA_KEY.search(name)
+    return f"{match.group(1)}.weight" if match else None
+
+
+def adapter_tensors(model: ClaraModel, role: str) -> dict[str, torch.nn.Parameter]:
+    """The LoRA parameters of one role, keyed by :func:`canonical_lora_key`."""
+    return {
+        canonical_lora_key(n): p for n, p in model.peft_model.named_parameters() if f".{role}." in n and "lora_" in n
+    }
+
+
+def _load_adapter(model: ClaraModel, role: str, state: dict, what: str) -> None:
+    ours = adapter_tensors(model, role)
+    theirs: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        canon = canonical_lora_key(key)
+        theirs[canon or key] = value
+    missing, unexpected = sorted(ours.keys() - theirs.keys()), sorted(theirs.keys() - ours.keys())
+    if missing or unexpected:
+        msg = (
+            f"{what}: {len(missing)} missing LoRA tensors (e.g. {missing[:2]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:2]})"
+        )
+        raise CheckpointError(msg)
+    for key, param in ours.items():
+        _copy_checked(param, theirs[key], f"{what} {key}")
+
+
+def _load_ours(folder: Path, base_model: str | None, device: torch.device, dtype: torch.dtype) -> ClaraModel:
+    try:
+        config = ClaraConfig.from_dict(_read_json(folder / OUR_CONFIG_FILE))
+    except (ClaraError, TypeError) as err:
+        msg = f"{folder / OUR_CONFIG_FILE}: {err}"
+        raise CheckpointError(msg) from err
+    for name in (ADAPTERS_FILE, ROWS_FILE):
+        if not (folder / name).is_file():
+            msg = f"missing checkpoint file {folder / name}; refusing to run with untrained weights"
+            raise CheckpointError(msg)
+    base = base_model or (str(folder / BASE_DIR) if (folder / BASE_DIR).is_dir() else config.base_model)
+    adapters = _read_safetensors(folder / ADAPTERS_FILE)
+    rows = _read_safetensors(folder / ROWS_FILE)
+    roles = [r for r in ROLES if any(k.startswith(f"{r}.") for k in adapters)]
+    lm, tokenizer = _load_base(base, device, dtype, tokenizer_from=folder)
+    model = ClaraModel.from_base(lm, tokenizer, config, roles=roles or ["compressor"])
+    model.base_source = base
+    _apply_rows(model, rows, folder / ROWS_FILE)
+    for role in roles:
+        prefix = f"{role}."
+        state = {k[len(prefix) :]: v for k, v in adapters.items() if k.startswith(prefix)}
+        _load_adapter(model, role, state, f"{folder / ADAPTERS_FILE}[{role}]")
+    return model
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except Exception as err:
+        msg = f"cannot read {path} as safetensors: {err}"
+        raise CheckpointError(msg) from err
+
+
+def _token_matrices(model: ClaraModel) -> dict[str, torch.Tensor]:
+    out = {"embed_tokens": model.peft_model.get_input_embeddings().weight}
+    head = model.base_lm.get_output_embeddings()
+    if head is not None and head.weight is not out["embed_tokens"]:
+        out["lm_head"] = head.weight
+    return out
+
+
+def _apply_rows(model: ClaraModel, rows: dict[str, torch.Tensor], file: Path) -> None:
+    for name, matrix in _token_matrices(model).items():
+        idx, values = rows.get(f"{name}.rows"), rows.get(f"{name}.values")
+        if idx is None or values is None:
+            msg = f"{file}: missing {name}.rows / {name}.values"
+            raise CheckpointError(msg)
+        if idx.numel() and (int(idx.max()) >= matrix.shape[0] or values.shape != (idx.numel(), matrix.shape[1])):
+            msg = f"{file}: {name} rows do not fit the model's {tuple(matrix.shape)} matrix"
+            raise CheckpointError(msg)
+        with torch.no_grad():
+            matrix[idx.to(matrix.device)] = values.to(matrix.device, matrix.dtype)
+
+
+# ---------------------------------------------------------------------------- saving
+def save_pretrained(model: ClaraModel, path: str | Path, include_base: bool | None = None) -> Path:
+    """Save ``model`` in our format.
+
+    Args:
+        model: the model.
+        path: target folder (created).
+        include_base: also write the base model into ``path/base``; default: when the base is not a Hub id
+            (a local folder or an in-memory tiny model).
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.config.save(path)
+    tensors = {
+        f"{role}.{key}": p.detach().cpu().contiguous()
+        for role in model.roles
+        for key, p in adapter_tensors(model, role).items()
+    }
+    save_file(tensors, str(path / ADAPTERS_FILE), metadata={"format": "pt"})
+    save_file(_changed_rows(model), str(path / ROWS_FILE), metadata={"format": "pt"})
+    model.tokenizer.save_pretrained(path)
+    if include_base is None:  # a Hub id is referenced; anything else must travel with the checkpoint
+        include_base = Path(model.base_source).exists() or not _looks_like_hub_id(model.base_source)
+    if include_base:
+        save_base(model, path / BASE_DIR)
+    return path
+
+
+def _changed_rows(model: ClaraModel) -> dict[str, torch.Tensor]:
+    """Rows of the CLaRa tokens plus any base row that differs from the base model."""
+    base_vocab = model.config.base_vocab_size or 0
+    out = {}
+    for name, matrix in _token_matrices(model).items():
+        changed = torch.zeros(matrix.shape[0], dtype=torch.bool)
+        changed[base_vocab:] = True
+        before = model._base_row_sums.get(name)
+        if before is not None:
+            changed[:base_vocab] = (row_checksums(matrix[:base_vocab]) != before[:base_vocab]).any(1)
+        idx = changed.nonzero().flatten()
+        out[f"{name}.rows"] = idx
+        out[f"{name}.values"] = matrix.detach()[idx.to(matrix.device)].cpu().contiguous()
+    return out
+
+
+def save_base(model: ClaraModel, folder: Path) -> None:
+    """Write the base model alone (no LoRA, the base vocabulary) as a loadable transformers folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base_vocab = model.config.base_vocab_size
+    state = {}
+    for name, tensor in model.base_lm.state_dict().items():
+        if "lora_" in name:
+            continue
+        name = name.replace(".base_layer.", ".")
+        if name.endswith(("embed_tokens.weight", "lm_head.weight")):
+            tensor = tensor[:base_vocab]
+        state[name] = tensor.detach().cpu().contiguous()
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = copy.deepcopy(model.base_lm.config)
+    config.vocab_size = base_vocab
+    config.save_pretrained(folder)
+
+
+def save_official(model: ClaraModel, folder: str | Path) -> Path:
+    """Write ``model`` in the official layout (used by tests and by ``clara convert --to official``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(model.config.to_official(), indent=2) + "\n")
+    adapters = {
+        ROLE_TO_OFFICIAL[role]: {
+            f"model.{k}": p.detach().cpu().clone() for k, p in adapter_tensors(model, role).items()
+        }
+        for role in model.roles
+    }
+    torch.save(adapters, folder / "adapters.pth")
+    matrices = {
+        f"{'model.' if n == 'embed_tokens' else ''}{n}.weight": m.detach().cpu().clone()
+        for n, m in _token_matrices(model).items()
+    }
+    torch.save(matrices, folder / "decoder_first_last_layers.pth")
+    return folder
+
+
+def convert_official(
+    source: str | Path,
+    target: str | Path,
+    subfolder: str | None = None,
+    base_model: str | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Path:
+    """Convert an official checkpoint (local or Hub) into our safetensors format, once, on the CPU."""
+    folder, kind = locate(source, subfolder)
+    if kind != "official":
+        msg = f"{folder} is already in the clara-plugins format"
+        raise CheckpointError(msg)
+    model = _load_official(folder, base_model, torch.device("cpu"), resolve_dtype(dtype or "bf16", torch.device("cpu")))
+    return save_pretrained(model, target)

@@ -1,0 +1,49 @@
+"""The ``clara`` command. Each module in ``_COMMAND_MODULES`` adds its subcommands through ``add_commands``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from clara_plugins.errors import ClaraError
+
+# each module defines add_commands(subparsers); a subcommand's parser sets `func(args) -> int`
+_COMMAND_MODULES = [
+    "clara_plugins.cli.convert",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser of the ``clara`` command."""
+    parser = argparse.ArgumentParser(
+        prog="clara",
+        description="CLaRa: compress documents once into memory vectors, retrieve and answer from them.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).add_commands(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``clara`` command; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ClaraError as err:
+        print(f"clara {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
