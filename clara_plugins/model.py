@@ -107,6 +107,15 @@ class ClaraModel:
         self._fingerprint: str | None = None
         self._warned_query_fallback = False
 
+    def __getstate__(self) -> dict:  # copy.deepcopy / pickle: locks are per object
+        state = self.__dict__.copy()
+        state.pop("_lock")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_base(

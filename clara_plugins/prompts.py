@@ -45,7 +45,9 @@ QA = PromptTemplate(
     user="Background:\n{slots}",
 )
 PARAPHRASE = PromptTemplate(
-    system="You are a helpful assistant. Your task is follow the instructions to paraphrase the background information.",
+    system=(
+        "You are a helpful assistant. Your task is follow the instructions to paraphrase the background information."
+    ),
     user="Background: {slots} means the same as",
 )
 TEMPLATES = {"answer": ANSWER, "qa": QA, "paraphrase": PARAPHRASE}
@@ -66,7 +68,7 @@ def qa_target(questions: Sequence[str], answers: Sequence[str]) -> str:
 
 def slot_ids(ids: SpecialIds, n_docs: int) -> list[int]:
     """``<MEM0>..<MEM{n-1}><SEP>`` once per document, concatenated with no separator."""
-    return (list(ids.mem) + [ids.sep]) * n_docs
+    return [*ids.mem, ids.sep] * n_docs
 
 
 def prompt_ids(
