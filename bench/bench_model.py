@@ -91,11 +91,11 @@ def bench_model(
     rows = []
     for bs in sizes:
         d, q = docs[:bs], questions[:bs]
-        t_comp = timed(lambda d=d: model.compress(d, batch_size=bs), repeats)
-        t_query = timed(lambda q=q: model.encode_query(q, batch_size=bs), repeats)
+        t_comp = timed(lambda d=d, bs=bs: model.compress(d, batch_size=bs), repeats)
+        t_query = timed(lambda q=q, bs=bs: model.encode_query(q, batch_size=bs), repeats)
         t_259 = timed(lambda q=q: padded_to_259(model, q), repeats)
         mem = model.compress(docs[: 5 * bs]).reshape(bs, 5, model.n_mem, model.hidden_size)
-        t_gen = timed(lambda q=q, m=mem: model.generate(q, list(m), max_new_tokens=new_tokens, batch_size=bs), 1)
+        t_gen = timed(lambda q=q, m=mem, bs=bs: model.generate(q, list(m), max_new_tokens=new_tokens, batch_size=bs), 1)
         rows.append(
             {
                 "model": name,
