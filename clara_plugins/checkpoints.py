@@ -109,7 +109,8 @@ def load_pretrained(
     device = torch.device(device) if device is not None else default_device()
     dtype = resolve_dtype(dtype, device)
     loader = _load_ours if kind == "ours" else _load_official
-    model = loader(folder, base_model, device, dtype)
+    base_kwargs = {k: v for k, v in hub_kwargs.items() if k in ("token", "cache_dir")}  # e.g. gated Mistral
+    model = loader(folder, base_model, device, dtype, **base_kwargs)
     model.source = str(source) + (f"/{subfolder}" if subfolder else "")
     model.peft_model.eval()
     logger.info("loaded %s (%s format, roles %s) on %s/%s", model.source, kind, model.roles, device, dtype)
@@ -117,7 +118,7 @@ def load_pretrained(
 
 
 def _load_base(
-    base: str, device: torch.device, dtype: torch.dtype, tokenizer_from: str | Path | None = None
+    base: str, device: torch.device, dtype: torch.dtype, tokenizer_from: str | Path | None = None, **hub_kwargs: Any
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if Path(base).is_absolute() and not Path(base).exists():
         msg = (
@@ -127,8 +128,8 @@ def _load_base(
         raise CheckpointError(msg)
     placement = {"device_map": {"": str(device)}} if device.type != "cpu" else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_from or base))
-        lm = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype, **placement)
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_from or base), **hub_kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype, **placement, **hub_kwargs)
     except (OSError, ValueError) as err:
         msg = f"could not load the base model {base!r}: {err}"
         raise CheckpointError(msg) from err
@@ -162,7 +163,9 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _load_official(folder: Path, base_model: str | None, device: torch.device, dtype: torch.dtype) -> ClaraModel:
+def _load_official(
+    folder: Path, base_model: str | None, device: torch.device, dtype: torch.dtype, **hub_kwargs: Any
+) -> ClaraModel:
     data = _read_json(folder / "config.json")
     if str(data.get("model_type", "")).lower() != "clara":
         msg = f"{folder / 'config.json'} is not a CLaRa config (model_type={data.get('model_type')!r})"
@@ -179,7 +182,7 @@ def _load_official(folder: Path, base_model: str | None, device: torch.device, d
         msg = f"{folder / 'adapters.pth'}: unknown adapter names {unknown}; expected {sorted(OFFICIAL_TO_ROLE)}"
         raise CheckpointError(msg)
     roles = [r for r in ROLES if ROLE_TO_OFFICIAL[r] in adapters]
-    lm, tokenizer = _load_base(config.base_model, device, dtype)
+    lm, tokenizer = _load_base(config.base_model, device, dtype, **hub_kwargs)
     model = ClaraModel.from_base(lm, tokenizer, config, roles=roles)
     model.base_source = config.base_model
     _load_full_matrices(model, matrices, folder / "decoder_first_last_layers.pth")
@@ -243,7 +246,9 @@ def _load_adapter(model: ClaraModel, role: str, state: dict, what: str) -> None:
         _copy_checked(param, theirs[key], f"{what} {key}")
 
 
-def _load_ours(folder: Path, base_model: str | None, device: torch.device, dtype: torch.dtype) -> ClaraModel:
+def _load_ours(
+    folder: Path, base_model: str | None, device: torch.device, dtype: torch.dtype, **hub_kwargs: Any
+) -> ClaraModel:
     try:
         config = ClaraConfig.from_dict(_read_json(folder / OUR_CONFIG_FILE))
     except (ClaraError, TypeError) as err:
@@ -257,7 +262,7 @@ def _load_ours(folder: Path, base_model: str | None, device: torch.device, dtype
     adapters = _read_safetensors(folder / ADAPTERS_FILE)
     rows = _read_safetensors(folder / ROWS_FILE)
     roles = [r for r in ROLES if any(k.startswith(f"{r}.") for k in adapters)]
-    lm, tokenizer = _load_base(base, device, dtype, tokenizer_from=folder)
+    lm, tokenizer = _load_base(base, device, dtype, tokenizer_from=folder, **hub_kwargs)
     model = ClaraModel.from_base(lm, tokenizer, config, roles=roles or ["compressor"])
     model.base_source = base
     _apply_rows(model, rows, folder / ROWS_FILE)
