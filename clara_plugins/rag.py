@@ -1,0 +1,410 @@
+"""``ClaraRAG``: the one object a user holds. Index documents once, then search, rerank and answer from stored memories.
+
+Documents are chunked with provenance (``model.chunk``), each chunk is compressed once, and its memory is stored in a
+:class:`~clara_plugins.store.ClaraStore`. ``search`` ranks by exact CLaRa cosine; ``ask`` feeds the stored memories
+of the top chunks to the generator; ``rerank`` reuses stored memories for known chunks and compresses only the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clara_plugins.errors import InputError, MissingExtraError, StoreError
+from clara_plugins.store import ChunkRecord, ClaraStore, Hit, validate_metadata
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RAGAnswer:
+    """An answer and the chunks whose memories the generator read (best first)."""
+
+    text: str
+    sources: list[Hit] = field(default_factory=list)
+
+
+@dataclass
+class IndexResult:
+    """What one ``index`` call did, with its timings in seconds."""
+
+    docs_added: int = 0
+    docs_skipped: int = 0  # already stored with the same text
+    chunks_added: int = 0
+    chunks_reused: int = 0  # memory taken from a stored chunk with the same text instead of compressing
+    chunk_s: float = 0.0
+    compress_s: float = 0.0
+    store_s: float = 0.0
+
+
+@dataclass
+class _Doc:
+    id: str
+    text: str
+    metadata: dict[str, Any]
+
+
+def text_hash(text: str) -> str:
+    """Content address of a text (sha256, 32 hex digits)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def _check_text(text: Any, where: str) -> str:
+    if not isinstance(text, str):
+        msg = f"{where} must be a str, got {type(text).__name__}"
+        raise InputError(msg)
+    if not text.strip():
+        msg = f"{where} is empty or whitespace; remove it"
+        raise InputError(msg)
+    return text
+
+
+def _normalize_docs(items: Any, ids: Sequence[str] | None, metadatas: Sequence[Any] | None) -> list[_Doc]:
+    """Texts or records ``{text, metadata, id}`` -> documents with ids (content hash when none), validated."""
+    if isinstance(items, (str, dict)):
+        items = [items]
+    items = list(items)
+    if ids is not None and len(ids) != len(items):
+        msg = f"ids has {len(ids)} entries for {len(items)} texts"
+        raise InputError(msg)
+    if metadatas is not None and len(metadatas) != len(items):
+        msg = f"metadatas has {len(metadatas)} entries for {len(items)} texts"
+        raise InputError(msg)
+    docs: dict[str, _Doc] = {}
+    given: set[str] = set()
+    for i, item in enumerate(items):
+        rec = item if isinstance(item, dict) else {"text": item}
+        text = _check_text(rec.get("text"), f"text {i}")
+        doc_id = ids[i] if ids is not None else rec.get("id")
+        meta = validate_metadata(metadatas[i] if metadatas is not None else rec.get("metadata"), f"text {i}")
+        if doc_id is None:
+            doc_id = "doc-" + text_hash(text)[:20]
+        elif not isinstance(doc_id, str) or not doc_id.strip():
+            msg = f"id of text {i} must be a non-empty str, got {doc_id!r}"
+            raise InputError(msg)
+        elif doc_id in given:
+            msg = f"duplicate id {doc_id!r} in one index call (text {i}); ids must be unique"
+            raise InputError(msg)
+        else:
+            given.add(doc_id)
+        docs.setdefault(doc_id, _Doc(doc_id, text, meta))  # same content without id: indexed once
+    return list(docs.values())
+
+
+class ClaraRAG:
+    """Index, search, rerank and answer with one CLaRa model over one store.
+
+    Args:
+        model: A loaded :class:`~clara_plugins.model.ClaraModel`.
+        store: The store; default an in-memory Chroma collection.
+    """
+
+    def __init__(self, model: Any, store: ClaraStore | None = None) -> None:
+        self.model = model
+        self.store = store if store is not None else ClaraStore()
+        self.store.bind(model.fingerprint, model.memory_dim, model.n_mem, model.hidden_size, model.source)
+        self.last_index: IndexResult | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: Any = "tiny",
+        store: str | Path | ClaraStore | None = None,
+        collection: str = "clara",
+        **model_kwargs: Any,
+    ) -> ClaraRAG:
+        """Load a model and open (or create) a store.
+
+        Args:
+            model: ``"tiny"``, a Hub id or local folder (see ``ClaraModel.from_pretrained``), or a loaded ClaraModel.
+            store: Folder of a persistent Chroma store, a ``ClaraStore``, or None for an in-memory one.
+            collection: Collection name when ``store`` is a folder.
+            **model_kwargs: Passed to ``ClaraModel.from_pretrained`` (``subfolder``, ``device``, ``dtype``...).
+
+        Raises:
+            ModelMismatchError: the store was built by another model.
+        """
+        from clara_plugins.model import ClaraModel
+
+        if not isinstance(model, ClaraModel):
+            model = ClaraModel.from_pretrained(model, **model_kwargs)
+        if store is not None and not isinstance(store, ClaraStore):
+            store = ClaraStore(path=store, collection=collection)
+        return cls(model, store)
+
+    @property
+    def default_k(self) -> int:
+        """``config.generation_top_k`` of the model."""
+        return int(self.model.config.generation_top_k)
+
+    # ------------------------------------------------------------------ indexing
+    def index(
+        self,
+        texts: str | dict | Sequence[str | dict],
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[dict[str, Any] | None] | None = None,
+        batch_size: int = 64,
+        show_progress: bool = True,
+    ) -> IndexResult:
+        """Chunk, compress once and store documents; idempotent.
+
+        Args:
+            texts: Texts, or records ``{"text": ..., "metadata": {...}, "id": ...}``.
+            ids: Document ids (default: the record's ``id``, else a hash of the text).
+            metadatas: Per-document metadata (str, int, float, bool values, or lists of one of these).
+            batch_size: Chunks compressed and written per step.
+            show_progress: Show a progress bar over chunks.
+
+        A document already stored with the same id and text is skipped; with another text its chunks are
+        replaced. Chunks whose text is already stored reuse that memory. Everything is validated before anything
+        is written, so bad input stores nothing.
+        """
+        from tqdm.auto import tqdm
+
+        result = IndexResult()
+        tick = time.perf_counter()
+        docs = _normalize_docs(texts, ids, metadatas)
+        todo, stale = self._pending(docs, result)
+        records = [rec for doc in todo for rec in self._chunk(doc)]
+        result.chunk_s = time.perf_counter() - tick
+        bar = tqdm(total=len(records), desc="indexing", unit="chunk", disable=not show_progress)
+        deleted: set[str] = set()
+        for start in range(0, len(records), batch_size):
+            batch = records[start : start + batch_size]
+            t0 = time.perf_counter()
+            old = [r.doc_id for r in batch if r.doc_id in stale and r.doc_id not in deleted]
+            if old:
+                self.store.delete(doc_ids=old)
+                deleted.update(old)
+            mems = self._memories_for_records(batch, result)
+            t1 = time.perf_counter()
+            self.store.add(batch, mems)
+            result.store_s += time.perf_counter() - t1
+            result.chunks_added += len(batch)
+            bar.update(len(batch))
+            logger.debug("indexed %d chunks in %.2fs", len(batch), time.perf_counter() - t0)
+        bar.close()
+        result.docs_added = len(todo)
+        self.last_index = result
+        return result
+
+    def _pending(self, docs: list[_Doc], result: IndexResult) -> tuple[list[_Doc], set[str]]:
+        """Documents to (re)index, and the ids among them with stale or partial chunks to delete first."""
+        t0 = time.perf_counter()
+        status = self.store.doc_status([d.id for d in docs])
+        todo, stale = [], set()
+        for doc in docs:
+            found = status.get(doc.id)
+            if found and found[0] == text_hash(doc.text) and found[1] == found[2]:
+                result.docs_skipped += 1
+                continue
+            if found:
+                stale.add(doc.id)
+            todo.append(doc)
+        result.store_s += time.perf_counter() - t0
+        return todo, stale
+
+    def _chunk(self, doc: _Doc) -> list[ChunkRecord]:
+        pieces = self.model.chunk(doc.text)
+        dh = text_hash(doc.text)
+        return [
+            ChunkRecord(
+                id=f"{doc.id}#{i}",
+                text=c.text,
+                doc_id=doc.id,
+                start=c.start,
+                end=c.end,
+                index=i,
+                n_chunks=len(pieces),
+                doc_hash=dh,
+                hash=text_hash(c.text),
+                metadata=doc.metadata,
+            )
+            for i, c in enumerate(pieces)
+        ]
+
+    def _memories_for_records(self, batch: list[ChunkRecord], result: IndexResult) -> np.ndarray:
+        """Flattened memories of a batch: stored ones reused by content hash, the others compressed once."""
+        t0 = time.perf_counter()
+        known = self.store.memories_by_hash([r.hash for r in batch])
+        result.store_s += time.perf_counter() - t0
+        new = list(dict.fromkeys(r.hash for r in batch if r.hash not in known))
+        if new:
+            texts = {r.hash: r.text for r in batch}
+            t1 = time.perf_counter()
+            mems = self.model.compress([texts[h] for h in new]).flatten(1).numpy()
+            result.compress_s += time.perf_counter() - t1
+            known.update(zip(new, mems))
+        result.chunks_reused += len(batch) - len(new)
+        return np.stack([known[r.hash] for r in batch])
+
+    def delete(self, ids: str | Sequence[str]) -> None:
+        """Delete documents (every chunk of each document id) and/or single chunks (chunk ids ``doc#i``)."""
+        ids = [ids] if isinstance(ids, str) else list(ids)
+        for i, cid in enumerate(ids):
+            if not isinstance(cid, str):
+                msg = f"ids[{i}] must be a str, got {type(cid).__name__}"
+                raise InputError(msg)
+        self.store.delete(ids=ids, doc_ids=ids)
+
+    # ------------------------------------------------------------------ retrieval
+    def _k(self, k: int | None) -> int:
+        k = self.default_k if k is None else k
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            msg = f"k must be a positive int, got {k!r}"
+            raise InputError(msg)
+        return k
+
+    def search(self, question: str, k: int | None = None, where: dict[str, Any] | None = None) -> list[Hit]:
+        """The ``k`` stored chunks closest to the question by CLaRa cosine, best first.
+
+        Args:
+            question: The question.
+            k: Number of hits (default ``config.generation_top_k``).
+            where: Optional Chroma metadata filter on the user metadata, e.g. ``{"lang": "en"}``.
+        """
+        _check_text(question, "question")
+        k = self._k(k)
+        q = self.model.encode_query([question]).numpy()
+        return self.store.search(q, k, where=where)[0]
+
+    def rerank(self, question: str, texts_or_hits: Sequence[str | Hit], k: int | None = None) -> list[Hit]:
+        """Rank candidates from any retriever by CLaRa cosine; stored chunks are not compressed again.
+
+        Args:
+            question: The question.
+            texts_or_hits: Candidate texts or ``Hit`` objects.
+            k: Number kept (default ``config.generation_top_k``).
+
+        Returns:
+            Hits, best first; a plain text gets the id of a stored chunk with the same text, else its content hash.
+        """
+        _check_text(question, "question")
+        k = self._k(k)
+        hits = [self._as_hit(item, i) for i, item in enumerate(texts_or_hits)]
+        if not hits:
+            return []
+        mems = self.memories_for(hits)
+        q = self.model.encode_query([question])
+        scores, idx = self.model.rank(q, mems, k)
+        out = []
+        for s, i in zip(scores[0].tolist(), idx[0].tolist()):
+            h = hits[i]
+            out.append(Hit(h.id, h.text, float(s), dict(h.metadata), h.doc_id, h.start, h.end))
+        return out
+
+    @staticmethod
+    def _as_hit(item: str | Hit, i: int) -> Hit:
+        if isinstance(item, Hit):
+            return item
+        text = _check_text(item, f"candidate {i}")
+        return Hit(id=text_hash(text), text=text, score=0.0, doc_id=text_hash(text), start=0, end=len(text))
+
+    def memories_for(self, hits: Sequence[Hit]) -> torch.Tensor:
+        """Memories ``[len(hits), n_mem, hidden]`` of hits: stored ones by id, then by text hash, else compressed."""
+        by_id = self.store.find_memories([h.id for h in hits])
+        hashes = {text_hash(h.text): h for h in hits if h.id not in by_id}
+        by_hash = self.store.memories_by_hash(list(hashes)) if hashes else {}
+        missing = [h for h in hashes if h not in by_hash]
+        if missing:
+            logger.info("compressing %d candidates that are not in the store", len(missing))
+            mems = self._compress_candidates([hashes[h].text for h in missing])
+            by_hash.update(zip(missing, mems))
+        rows = [by_id[h.id] if h.id in by_id else by_hash[text_hash(h.text)] for h in hits]
+        out = torch.from_numpy(np.stack(rows)).float()
+        return out.view(len(hits), self.model.n_mem, self.model.hidden_size)
+
+    def _compress_candidates(self, texts: list[str]) -> np.ndarray:
+        """Flattened memories of texts not in the store; a text longer than one chunk is read up to its first
+        chunk boundary (as the official reranker truncates), with a warning."""
+        firsts = []
+        for text in texts:
+            pieces = self.model.chunk(text)
+            if len(pieces) > 1:
+                logger.warning("candidate of %d chars is longer than one chunk; ranking its first chunk", len(text))
+            firsts.append(pieces[0].text if pieces else text)
+        return self.model.compress(firsts).flatten(1).numpy()
+
+    # ------------------------------------------------------------------ answering
+    def answer_from_hits(self, question: str, hits: Sequence[Hit], max_new_tokens: int | None = None) -> RAGAnswer:
+        """Answer from the memories of given hits (best first), e.g. from another retriever's results."""
+        _check_text(question, "question")
+        hits = list(hits)
+        if not hits:
+            msg = "no documents to answer from: the store is empty or the filter matched nothing; index documents first"
+            raise StoreError(msg)
+        text = self.model.generate([question], [self.memories_for(hits)], max_new_tokens=max_new_tokens)[0]
+        return RAGAnswer(text=text, sources=hits)
+
+    def stream_from_hits(self, question: str, hits: Sequence[Hit], max_new_tokens: int | None = None) -> Iterator[str]:
+        """Like ``answer_from_hits`` but yields the answer's text piece by piece."""
+        _check_text(question, "question")
+        hits = list(hits)
+        if not hits:
+            msg = "no documents to answer from: the store is empty or the filter matched nothing; index documents first"
+            raise StoreError(msg)
+        yield from self.model.stream(question, self.memories_for(hits), max_new_tokens=max_new_tokens)
+
+    def ask(
+        self,
+        question: str,
+        k: int | None = None,
+        where: dict[str, Any] | None = None,
+        max_new_tokens: int | None = None,
+    ) -> RAGAnswer:
+        """Retrieve the top ``k`` chunks and answer from their stored memories."""
+        return self.answer_from_hits(question, self.search(question, k, where=where), max_new_tokens)
+
+    def stream(
+        self,
+        question: str,
+        k: int | None = None,
+        where: dict[str, Any] | None = None,
+        max_new_tokens: int | None = None,
+    ) -> Iterator[str]:
+        """Retrieve, then yield the answer's text piece by piece."""
+        return self.stream_from_hits(question, self.search(question, k, where=where), max_new_tokens)
+
+    # ------------------------------------------------------------------ integrations (issue 4)
+    def _bridge(self, module: str, name: str, **kwargs: Any) -> Any:
+        extra = "langchain" if "langchain" in module else "llama-index"
+        try:
+            mod = importlib.import_module(f"clara_plugins.adapters.{module}")
+        except ImportError as err:
+            if err.name and err.name.split(".")[0] in {"langchain_core", "langchain", "llama_index"}:
+                raise MissingExtraError(err.name.split(".")[0], extra) from err
+            raise
+        return getattr(mod, name)(rag=self, **kwargs)
+
+    def as_langchain_retriever(self, **kwargs: Any) -> Any:
+        """A LangChain ``BaseRetriever`` over this store."""
+        return self._bridge("langchain", "ClaraRetriever", **kwargs)
+
+    def as_langchain_compressor(self, **kwargs: Any) -> Any:
+        """A LangChain document compressor (CLaRa rerank of another retriever's documents)."""
+        return self._bridge("langchain", "ClaraDocumentCompressor", **kwargs)
+
+    def as_langchain_chat_model(self, **kwargs: Any) -> Any:
+        """A LangChain chat model that answers from CLaRa memories."""
+        return self._bridge("langchain", "ClaraChatModel", **kwargs)
+
+    def as_llama_index_retriever(self, **kwargs: Any) -> Any:
+        """A LlamaIndex retriever over this store."""
+        return self._bridge("llama_index", "ClaraRetriever", **kwargs)
+
+    def as_llama_index_postprocessor(self, **kwargs: Any) -> Any:
+        """A LlamaIndex node postprocessor (CLaRa rerank)."""
+        return self._bridge("llama_index", "ClaraNodePostprocessor", **kwargs)
+
+    def as_llama_index_query_engine(self, **kwargs: Any) -> Any:
+        """A LlamaIndex query engine that retrieves and answers with CLaRa."""
+        return self._bridge("llama_index", "make_query_engine", **kwargs)

@@ -1,0 +1,519 @@
+"""``ClaraStore``: compressed CLaRa memories in Chroma, one record per chunk, ranked by exact CLaRa cosine.
+
+Two layouts, chosen when the collection is created and recorded in its metadata (design and numbers in
+``docs/store.md``):
+
+- ``"full"``: the Chroma embedding *is* the flattened memory (cosine space). Chroma's distances are then the exact
+  CLaRa cosine and the memories come back from Chroma itself, so any client works (``PersistentClient``,
+  ``HttpClient``, ``EphemeralClient``). Used whenever ``memory_dim <= full_max_dim`` and for non-local clients.
+- ``"pca"``: for wide memories (65,536 numbers per chunk for 7B at compression 16) on a local ``PersistentClient``.
+  Full memories live as fp16 rows in an append-only memory-mapped sidecar file next to the Chroma folder; Chroma
+  indexes a 256-d principal-component projection (inner-product space); a search takes the ANN's top candidates and
+  re-ranks them by exact fp32 cosine over the sidecar memories.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clara_plugins.errors import InputError, ModelMismatchError, StoreError
+from clara_plugins.store_sidecar import Projection, SidecarMemories
+
+logger = logging.getLogger(__name__)
+
+RESERVED_PREFIX = "clara_"
+FORMAT_VERSION = 1
+# HNSW settings measured by bench/bench_store.py (recall@10 vs exact ranking >= 0.98; docs/store.md)
+DEFAULT_HNSW = {"ef_construction": 200, "ef_search": 256, "max_neighbors": 32}
+
+
+@dataclass
+class Hit:
+    """One retrieved chunk.
+
+    Attributes:
+        id: Chunk id (``"{doc_id}#{i}"``).
+        text: The chunk's text.
+        score: Exact CLaRa cosine between the question and the chunk's memory (higher is better).
+        metadata: The user metadata of the chunk's document.
+        doc_id: Id of the document the chunk comes from.
+        start: Character offset of the chunk in its document.
+        end: Character offset just past the chunk.
+    """
+
+    id: str
+    text: str
+    score: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+    doc_id: str = ""
+    start: int = 0
+    end: int = 0
+
+
+@dataclass
+class ChunkRecord:
+    """What the store keeps about one chunk besides its memory."""
+
+    id: str
+    text: str
+    doc_id: str
+    start: int
+    end: int
+    index: int  # position of the chunk in its document
+    n_chunks: int  # chunks of the document (a document is complete when all are stored)
+    doc_hash: str  # hash of the whole document text
+    hash: str  # hash of the chunk text (content address of its memory)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StoreInfo:
+    """What ``clara info`` reports."""
+
+    collection: str
+    path: str | None
+    mode: str
+    fingerprint: str
+    model_source: str | None
+    memory_dim: int
+    n_mem: int
+    hidden_size: int
+    n_chunks: int
+    n_docs: int
+    hnsw: dict[str, Any]
+    disk_bytes: int | None = None
+
+
+def validate_metadata(metadata: Any, where: str) -> dict[str, Any]:
+    """Check user metadata against what Chroma accepts; returns a copy.
+
+    Raises:
+        InputError: naming the record (``where``), the key and the value.
+    """
+    from chromadb.api.types import validate_metadata as chroma_validate
+
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        msg = f"metadata of {where} must be a dict, got {type(metadata).__name__}"
+        raise InputError(msg)
+    for key in metadata:
+        if isinstance(key, str) and key.startswith(RESERVED_PREFIX):
+            msg = f"metadata key {key!r} of {where} starts with the reserved prefix {RESERVED_PREFIX!r}; rename it"
+            raise InputError(msg)
+    if not metadata:
+        return {}
+    try:
+        chroma_validate(metadata)
+    except (ValueError, TypeError) as err:
+        msg = f"metadata of {where} is not accepted by Chroma: {err}"
+        raise InputError(msg) from err
+    for key, value in metadata.items():
+        if value is None or (isinstance(value, list) and not value):
+            msg = f"metadata value of key {key!r} in {where} is {value!r}; Chroma cannot store it, drop the key"
+            raise InputError(msg)
+    return dict(metadata)
+
+
+def _client_folder(client: Any) -> Path | None:
+    """The folder of a local persistent client, else None (server or in-memory client)."""
+    try:
+        settings = client.get_settings()
+    except AttributeError:
+        return None
+    if not getattr(settings, "is_persistent", False):
+        return None
+    impl = str(getattr(settings, "chroma_api_impl", ""))
+    if "fastapi" in impl.lower() or "async" in impl.lower():
+        return None
+    return Path(settings.persist_directory)
+
+
+class ClaraStore:
+    """Compressed memories of chunks in a Chroma collection.
+
+    Args:
+        path: Folder of an embedded ``chromadb.PersistentClient`` (created if missing). Ignored with ``client``.
+        client: Any chromadb client (``HttpClient`` for a server). Default: a ``PersistentClient`` on ``path``,
+            or an in-memory ``EphemeralClient`` when both are None.
+        collection: Collection name.
+        hnsw: HNSW settings (``ef_construction``, ``ef_search``, ``max_neighbors``) for a new collection.
+        full_max_dim: Widest memory kept whole in Chroma; wider ones use the ``"pca"`` layout on local clients.
+        ann_dim: Width of the projection indexed in ``"pca"`` layout.
+        candidates: ANN candidates re-ranked exactly per question in ``"pca"`` layout (at least ``k``).
+        memory_dtype: ``"float16"`` or ``"float32"`` rows of the sidecar file.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        client: Any = None,
+        collection: str = "clara",
+        *,
+        hnsw: dict[str, int] | None = None,
+        full_max_dim: int = 4096,
+        ann_dim: int = 256,
+        candidates: int = 100,
+        memory_dtype: str = "float16",
+    ) -> None:
+        import chromadb
+
+        if client is None:
+            client = chromadb.PersistentClient(path=str(path)) if path is not None else chromadb.EphemeralClient()
+        self.client = client
+        self.name = collection
+        self.path = Path(path) if path is not None else _client_folder(client)
+        self.local_folder = _client_folder(client)
+        self.hnsw = {**DEFAULT_HNSW, **(hnsw or {})}
+        self.full_max_dim, self.ann_dim, self.candidates = full_max_dim, ann_dim, candidates
+        self.memory_dtype = memory_dtype
+        self.max_batch = int(client.get_max_batch_size())
+        self._lock = threading.RLock()
+        self._col: Any = None
+        self._sidecar: SidecarMemories | None = None
+        self._projection: Projection | None = None
+
+    # ------------------------------------------------------------------ collection
+    def exists(self) -> bool:
+        """Whether the collection exists."""
+        return self._get_collection() is not None
+
+    def _get_collection(self) -> Any:
+        if self._col is None:
+            from chromadb.errors import NotFoundError
+
+            try:
+                self._col = self.client.get_collection(self.name)
+            except (NotFoundError, ValueError):
+                return None
+            self._check_format()
+            self._open_layout()
+        return self._col
+
+    def _collection(self) -> Any:
+        col = self._get_collection()
+        if col is None:
+            where = f" in {self.path}" if self.path else ""
+            msg = f"no CLaRa store named {self.name!r}{where}; build one first with `clara index --db DIR PATH...`"
+            raise StoreError(msg)
+        return col
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The collection's metadata (model fingerprint, layout, widths)."""
+        return dict(self._collection().metadata or {})
+
+    @property
+    def mode(self) -> str:
+        """``"full"`` or ``"pca"``."""
+        return str(self.meta["clara_mode"])
+
+    def _check_format(self) -> None:
+        meta = self._col.metadata or {}
+        if "clara_fingerprint" not in meta:
+            msg = f"Chroma collection {self.name!r} was not made by clara-plugins (no model fingerprint); use another name"
+            self._col = None
+            raise StoreError(msg)
+        if int(meta.get("clara_format", 0)) > FORMAT_VERSION:
+            msg = f"store format {meta['clara_format']} is newer than this clara-plugins ({FORMAT_VERSION}); upgrade it"
+            self._col = None
+            raise StoreError(msg)
+
+    def bind(self, fingerprint: str, memory_dim: int, n_mem: int, hidden_size: int, source: str | None) -> None:
+        """Create the collection for a model, or check that the existing one was built by the same model.
+
+        Raises:
+            ModelMismatchError: the collection was built by another model (the message names both).
+        """
+        with self._lock:
+            col = self._get_collection()
+            if col is None:
+                self._create(fingerprint, memory_dim, n_mem, hidden_size, source)
+                return
+            meta = self.meta
+            if meta["clara_fingerprint"] != fingerprint:
+                msg = (
+                    f"store {self.name!r} ({self.path or 'client'}) was built by model {meta.get('clara_model')!r} "
+                    f"(fingerprint {meta['clara_fingerprint'][:16]}), not by {source!r} (fingerprint {fingerprint[:16]}); "
+                    "open it with its own model (clara ask/search use it by default) or index into a new folder"
+                )
+                raise ModelMismatchError(msg)
+
+    def _create(self, fingerprint: str, memory_dim: int, n_mem: int, hidden_size: int, source: str | None) -> None:
+        mode = "pca" if memory_dim > self.full_max_dim and self.local_folder is not None else "full"
+        meta = {
+            "clara_format": FORMAT_VERSION,
+            "clara_fingerprint": fingerprint,
+            "clara_model": str(source or ""),
+            "clara_mode": mode,
+            "clara_memory_dim": memory_dim,
+            "clara_n_mem": n_mem,
+            "clara_hidden_size": hidden_size,
+            "clara_memory_dtype": self.memory_dtype,
+            "clara_ann_dim": self.ann_dim if mode == "pca" else memory_dim,
+            "clara_candidates": self.candidates,
+        }
+        space = "ip" if mode == "pca" else "cosine"
+        config = {"hnsw": {"space": space, **self.hnsw}}
+        self._col = self.client.get_or_create_collection(
+            self.name, metadata=meta, configuration=config, embedding_function=None
+        )
+        self._check_format()
+        self._open_layout()
+        logger.info("created CLaRa store %r (%s layout, %d-d memories)", self.name, mode, memory_dim)
+
+    def _open_layout(self) -> None:
+        meta = self._col.metadata
+        if meta["clara_mode"] != "pca":
+            return
+        if self.local_folder is None:
+            msg = f"store {self.name!r} keeps its memories in a local sidecar folder; open it with its path"
+            raise StoreError(msg)
+        folder = self.local_folder / "clara_memories" / str(self._col.id)
+        self._sidecar = SidecarMemories(folder, int(meta["clara_memory_dim"]), meta["clara_memory_dtype"])
+        if (folder / "projection.npz").exists():
+            self._projection = Projection.load(folder / "projection.npz")
+        elif self._col.count() > 0:
+            msg = f"projection file missing from {folder}: the store is damaged; re-index into a new --db folder"
+            raise StoreError(msg)
+        self._sidecar.recover(self._referenced_end)
+
+    def _referenced_end(self, committed: int) -> int:
+        res = self._col.get(where={"clara_row": {"$gte": committed}}, include=["metadatas"])
+        rows = [int(m["clara_row"]) for m in res["metadatas"] or []]
+        return max(rows) + 1 if rows else committed
+
+    # ------------------------------------------------------------------ reading
+    def count(self) -> int:
+        """Number of stored chunks."""
+        return int(self._collection().count())
+
+    def doc_status(self, doc_ids: Sequence[str]) -> dict[str, tuple[str, int, int]]:
+        """Per stored document id: ``(doc_hash, n_chunks expected, chunks present)``."""
+        out: dict[str, tuple[str, int, int]] = {}
+        col = self._collection()
+        ids = list(dict.fromkeys(doc_ids))
+        for start in range(0, len(ids), 500):
+            res = col.get(where={"clara_doc": {"$in": ids[start : start + 500]}}, include=["metadatas"])
+            for meta in res["metadatas"] or []:
+                doc = meta["clara_doc"]
+                _, n, present = out.get(doc, ("", 0, 0))
+                out[doc] = (meta["clara_dochash"], int(meta["clara_n"]), present + 1)
+        return out
+
+    def memories_by_hash(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored memories (flattened, float32) of chunks with these content hashes, for reuse without compressing."""
+        col = self._collection()
+        uniq = list(dict.fromkeys(hashes))
+        found: dict[str, str] = {}
+        for start in range(0, len(uniq), 500):
+            res = col.get(where={"clara_hash": {"$in": uniq[start : start + 500]}}, include=["metadatas"])
+            for cid, meta in zip(res["ids"], res["metadatas"] or []):
+                found.setdefault(meta["clara_hash"], cid)
+        if not found:
+            return {}
+        mems = self.get_memories(list(found.values()))
+        return {h: mems[i] for i, h in enumerate(found)}
+
+    def find_memories(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Flattened float32 memories of the stored chunks among ``ids`` (ids not stored are left out)."""
+        col = self._collection()
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return {}
+        include = ["metadatas"] if self._sidecar is not None else ["embeddings"]
+        res = col.get(ids=ids, include=include)
+        if self._sidecar is not None:
+            mems = self._sidecar.read([int(m["clara_row"]) for m in res["metadatas"]])
+        else:
+            mems = np.asarray(res["embeddings"], dtype=np.float32)
+        return {cid: mems[i] for i, cid in enumerate(res["ids"])}
+
+    def get_memories(self, ids: Sequence[str]) -> np.ndarray:
+        """Flattened memories ``[len(ids), memory_dim]`` (float32) of stored chunks, in the order of ``ids``.
+
+        Raises:
+            StoreError: an id is not in the store.
+        """
+        found = self.find_memories(ids)
+        missing = [cid for cid in ids if cid not in found]
+        if missing:
+            msg = f"chunk ids not in the store: {missing[:5]}"
+            raise StoreError(msg)
+        if not ids:
+            return np.zeros((0, int(self.meta["clara_memory_dim"])), dtype=np.float32)
+        return np.stack([found[cid] for cid in ids])
+
+    def get_records(self, ids: Sequence[str]) -> dict[str, Hit]:
+        """Stored chunks by id (score 0); ids not stored are left out."""
+        res = self._collection().get(ids=list(ids), include=["documents", "metadatas"])
+        return {
+            cid: _hit(cid, doc, meta, 0.0) for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"])
+        }
+
+    def search(self, queries: np.ndarray, k: int, where: dict[str, Any] | None = None) -> list[list[Hit]]:
+        """Top ``k`` chunks per query vector ``[B, memory_dim]``, best first, scored by exact CLaRa cosine."""
+        col = self._collection()
+        q = np.asarray(queries, dtype=np.float32).reshape(len(queries), -1)
+        if q.shape[1] != int(self.meta["clara_memory_dim"]):
+            msg = f"query width {q.shape[1]} does not match the store's memory width {self.meta['clara_memory_dim']}"
+            raise InputError(msg)
+        n = col.count()
+        if n == 0:
+            return [[] for _ in range(len(q))]
+        where = _user_where(where)
+        if self._sidecar is None:
+            res = col.query(
+                query_embeddings=q,
+                n_results=min(k, n),
+                where=where,
+                include=["documents", "metadatas", "distances"],
+            )
+            return [
+                [_hit(cid, doc, meta, 1.0 - float(d)) for cid, doc, meta, d in zip(*cols)]
+                for cols in zip(res["ids"], res["documents"], res["metadatas"], res["distances"])
+            ]
+        return self._search_pca(col, q, k, n, where)
+
+    def _search_pca(self, col: Any, q: np.ndarray, k: int, n: int, where: dict | None) -> list[list[Hit]]:
+        assert self._projection is not None and self._sidecar is not None
+        n_cand = min(max(self.candidates, 4 * k), n)
+        res = col.query(
+            query_embeddings=self._projection.queries(q),
+            n_results=n_cand,
+            where=where,
+            include=["documents", "metadatas"],
+        )
+        out = []
+        for qi, (ids, docs, metas) in enumerate(zip(res["ids"], res["documents"], res["metadatas"])):
+            mems = self._sidecar.read([int(m["clara_row"]) for m in metas])  # (C, D) exact re-rank
+            qn = q[qi] / max(float(np.linalg.norm(q[qi])), 1e-12)
+            scores = (mems @ qn) / np.maximum(np.linalg.norm(mems, axis=1), 1e-12)
+            top = np.argsort(-scores, kind="stable")[:k]
+            out.append([_hit(ids[i], docs[i], metas[i], float(scores[i])) for i in top])
+        return out
+
+    # ------------------------------------------------------------------ writing
+    def add(self, records: Sequence[ChunkRecord], memories: np.ndarray) -> None:
+        """Store chunks with their flattened memories ``[N, memory_dim]`` (ids must be new or are overwritten).
+
+        Writes go in batches of at most ``client.get_max_batch_size()``. In the ``"pca"`` layout the memories are
+        written to the sidecar file before the Chroma records that point at them.
+        """
+        mems = np.asarray(memories, dtype=np.float32).reshape(len(records), -1)
+        col = self._collection()
+        with self._lock:
+            for start in range(0, len(records), self.max_batch):
+                recs, batch = records[start : start + self.max_batch], mems[start : start + self.max_batch]
+                if self._sidecar is None:
+                    col.upsert(
+                        ids=[r.id for r in recs],
+                        embeddings=batch,
+                        documents=[r.text for r in recs],
+                        metadatas=[_record_meta(r) for r in recs],
+                    )
+                else:
+                    self._add_pca(col, recs, batch)
+
+    def _add_pca(self, col: Any, recs: Sequence[ChunkRecord], batch: np.ndarray) -> None:
+        sidecar = self._sidecar
+        assert sidecar is not None
+        with sidecar.write_lock():
+            if self._projection is None:
+                path = sidecar.folder / "projection.npz"
+                if path.exists():  # made by another process meanwhile
+                    self._projection = Projection.load(path)
+                else:
+                    self._projection = Projection.fit(batch, self.ann_dim)
+                    self._projection.save(path)
+            first = sidecar.append(batch)
+            metas = [{**_record_meta(r), "clara_row": first + i} for i, r in enumerate(recs)]
+            col.upsert(
+                ids=[r.id for r in recs],
+                embeddings=self._projection.docs(batch),
+                documents=[r.text for r in recs],
+                metadatas=metas,
+            )
+            sidecar.commit(first + len(recs))
+
+    def delete(self, ids: Sequence[str] | None = None, doc_ids: Sequence[str] | None = None) -> None:
+        """Delete chunks by chunk id and/or every chunk of the given document ids.
+
+        In the ``"pca"`` layout the sidecar rows stay (append-only); they are no longer referenced.
+        """
+        col = self._collection()
+        with self._lock:
+            if ids:
+                for start in range(0, len(ids), self.max_batch):
+                    col.delete(ids=list(ids[start : start + self.max_batch]))
+            docs = list(doc_ids or [])
+            for start in range(0, len(docs), 500):
+                col.delete(where={"clara_doc": {"$in": docs[start : start + 500]}})
+
+    # ------------------------------------------------------------------ info
+    def info(self) -> StoreInfo:
+        """Counts, model and layout of the store."""
+        col = self._collection()
+        meta = self.meta
+        docs: set[str] = set()
+        n = col.count()
+        for start in range(0, n, 5000):
+            res = col.get(include=["metadatas"], limit=5000, offset=start)
+            docs.update(m["clara_doc"] for m in res["metadatas"] or [])
+        folder = self.local_folder
+        disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder else None
+        return StoreInfo(
+            collection=self.name,
+            path=str(folder) if folder else None,
+            mode=meta["clara_mode"],
+            fingerprint=meta["clara_fingerprint"],
+            model_source=meta.get("clara_model") or None,
+            memory_dim=int(meta["clara_memory_dim"]),
+            n_mem=int(meta["clara_n_mem"]),
+            hidden_size=int(meta["clara_hidden_size"]),
+            n_chunks=n,
+            n_docs=len(docs),
+            hnsw=dict((col.configuration or {}).get("hnsw") or {}),
+            disk_bytes=disk,
+        )
+
+
+def _record_meta(rec: ChunkRecord) -> dict[str, Any]:
+    return {
+        **rec.metadata,
+        "clara_doc": rec.doc_id,
+        "clara_start": rec.start,
+        "clara_end": rec.end,
+        "clara_i": rec.index,
+        "clara_n": rec.n_chunks,
+        "clara_dochash": rec.doc_hash,
+        "clara_hash": rec.hash,
+    }
+
+
+def _hit(cid: str, text: str | None, meta: dict[str, Any] | None, score: float) -> Hit:
+    meta = dict(meta or {})
+    user = {k: v for k, v in meta.items() if not k.startswith(RESERVED_PREFIX)}
+    return Hit(
+        id=cid,
+        text=text or "",
+        score=score,
+        metadata=user,
+        doc_id=str(meta.get("clara_doc", cid)),
+        start=int(meta.get("clara_start", 0)),
+        end=int(meta.get("clara_end", len(text or ""))),
+    )
+
+
+def _user_where(where: dict[str, Any] | None) -> dict[str, Any] | None:
+    if where is not None and not isinstance(where, dict):
+        msg = f"where must be a dict of Chroma metadata filters, got {type(where).__name__}"
+        raise InputError(msg)
+    return where or None

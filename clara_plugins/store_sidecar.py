@@ -1,0 +1,230 @@
+"""Append-only memory-mapped file of compressed memories, kept next to a local Chroma folder.
+
+At the official width (65,536 numbers per chunk for 7B at compression 16) Chroma is slow to add full vectors and
+returns them as float64 lists, so in the ``"pca"`` store mode the full memories live here as fp16 rows and Chroma
+indexes a short projection of them (see ``docs/store.md``).
+
+Crash safety: rows are written and flushed *before* the Chroma records that point at them, and ``state.json``
+holds the number of committed rows. On open, rows past the committed count are either adopted (when Chroma
+records point at them: the process died after Chroma's commit) or cut off (it died before).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from clara_plugins.errors import StoreError
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def _atomic_write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+class SidecarMemories:
+    """Rows of flattened memories ``[dim]`` in one raw file, read through a numpy memmap.
+
+    Args:
+        folder: Folder of this collection's files (created if missing).
+        dim: Length of one flattened memory.
+        dtype: ``"float16"`` (default, half the bytes) or ``"float32"``.
+    """
+
+    def __init__(self, folder: str | Path, dim: int, dtype: str = "float16") -> None:
+        if dtype not in _DTYPES:
+            msg = f"memory_dtype must be one of {sorted(_DTYPES)}, got {dtype!r}"
+            raise StoreError(msg)
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.dim = dim
+        self.dtype = np.dtype(_DTYPES[dtype])
+        self.row_bytes = dim * self.dtype.itemsize
+        self.data_path = self.folder / "memories.bin"
+        self.state_path = self.folder / "state.json"
+        self._lock = threading.RLock()
+        self._map: np.memmap | None = None
+        self.committed = self._read_state()
+
+    # ---- state -------------------------------------------------------------------------------------------
+    def _read_state(self) -> int:
+        if not self.state_path.exists():
+            return 0
+        try:
+            state = json.loads(self.state_path.read_text())
+            rows, dim = int(state["rows"]), int(state["dim"])
+        except (ValueError, KeyError, TypeError) as err:
+            msg = f"store file {self.state_path} is damaged ({err}); re-index into a new --db folder"
+            raise StoreError(msg) from err
+        if dim != self.dim or state.get("dtype", "float16") != self.dtype.name:
+            msg = f"store file {self.state_path} holds {state.get('dtype')} rows of {dim}, expected {self.dim}"
+            raise StoreError(msg)
+        return rows
+
+    def _write_state(self) -> None:
+        _atomic_write_json(self.state_path, {"rows": self.committed, "dim": self.dim, "dtype": self.dtype.name})
+
+    def file_rows(self) -> int:
+        """Whole rows present in the data file (committed or not)."""
+        return self.data_path.stat().st_size // self.row_bytes if self.data_path.exists() else 0
+
+    def recover(self, referenced_end: Callable[[int], int]) -> None:
+        """Make the file agree with Chroma after a crash.
+
+        Args:
+            referenced_end: Given the committed row count, returns 1 + the largest row that Chroma records point
+                at among rows >= that count (or the count itself when none do).
+        """
+        with self._lock, self.write_lock():
+            rows = self.file_rows()
+            if rows < self.committed:
+                msg = (
+                    f"memories file {self.data_path} has {rows} rows but {self.committed} are committed: the store "
+                    "is damaged (a file was truncated or removed); re-index into a new --db folder"
+                )
+                raise StoreError(msg)
+            size = self.data_path.stat().st_size if self.data_path.exists() else 0
+            if rows == self.committed and size == rows * self.row_bytes:
+                return
+            end = max(self.committed, referenced_end(self.committed))
+            if end > rows:
+                msg = f"Chroma records point past the end of {self.data_path}: the store is damaged; re-index"
+                raise StoreError(msg)
+            logger.warning(
+                "store recovery: keeping %d rows of %s, dropping %d unfinished", end, self.data_path, rows - end
+            )
+            with open(self.data_path, "r+b") as f:
+                f.truncate(end * self.row_bytes)
+            self.committed = end
+            self._write_state()
+            self._map = None
+
+    # ---- writing -----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """An exclusive lock across processes (``fcntl.flock``) for one append + Chroma write + commit."""
+        with open(self.folder / "write.lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def append(self, rows: np.ndarray) -> int:
+        """Write ``rows [N, dim]`` after the committed rows (call inside ``write_lock``); returns the first row index.
+
+        The rows are flushed to the file but not committed: call ``commit`` once the Chroma records exist.
+        """
+        data = np.ascontiguousarray(rows, dtype=self.dtype)
+        if data.ndim != 2 or data.shape[1] != self.dim:
+            msg = f"memories must have shape [N, {self.dim}], got {list(rows.shape)}"
+            raise StoreError(msg)
+        if not np.isfinite(data).all():
+            msg = (
+                f"memories are not finite in {self.dtype.name} (overflow?); open the store with memory_dtype='float32'"
+            )
+            raise StoreError(msg)
+        with self._lock:
+            self.committed = self._read_state()  # another process may have committed rows meanwhile
+            start = self.committed
+            with open(self.data_path, "ab") as f:
+                f.truncate(start * self.row_bytes)  # drop rows of an earlier failed batch
+                f.write(data.tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+            return start
+
+    def commit(self, end: int) -> None:
+        """Record that rows ``< end`` are referenced by Chroma."""
+        with self._lock:
+            self.committed = end
+            self._write_state()
+
+    # ---- reading -----------------------------------------------------------------------------------------
+    def read(self, rows: np.ndarray | list[int]) -> np.ndarray:
+        """Rows as a float32 array ``[len(rows), dim]``."""
+        idx = np.asarray(rows, dtype=np.int64)
+        if idx.size == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            if self._map is None or self._map.shape[0] <= int(idx.max()):
+                n = self.file_rows()
+                if n <= int(idx.max()):
+                    msg = f"row {int(idx.max())} is missing from {self.data_path} ({n} rows): the store is damaged"
+                    raise StoreError(msg)
+                self._map = np.memmap(self.data_path, dtype=self.dtype, mode="r", shape=(n, self.dim))
+            view = self._map
+        return np.asarray(view[idx], dtype=np.float32)
+
+    def nbytes(self) -> int:
+        """Bytes on disk of every file in the folder."""
+        return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+
+
+class Projection:
+    """The short vector Chroma indexes in ``"pca"`` mode: ``(normalize(x) - mean) @ basis``.
+
+    Ranking by ``q . (x/|x| - mean)`` equals ranking by cosine for any fixed ``mean`` (the ``q . mean`` term is the
+    same for every document), so centering only removes the common direction that would otherwise dominate the
+    projection error. The basis is the top principal directions of the first indexed chunks.
+    """
+
+    def __init__(self, mean: np.ndarray, basis: np.ndarray) -> None:
+        self.mean = mean.astype(np.float32)  # (D,)
+        self.basis = basis.astype(np.float32)  # (D, d)
+
+    @classmethod
+    def fit(cls, memories: np.ndarray, dim: int, seed: int = 0) -> Projection:
+        """Principal directions of ``memories [N, D]`` (normalized rows), padded with random ones when N < dim."""
+        import torch
+
+        x = memories / np.maximum(np.linalg.norm(memories, axis=1, keepdims=True), 1e-12)
+        mean = x.mean(axis=0)
+        xt = torch.from_numpy(np.ascontiguousarray(x - mean, dtype=np.float32))
+        q = min(dim, xt.shape[0])
+        basis = torch.svd_lowrank(xt, q=q, niter=4)[2][:, :q] if q > 0 else torch.zeros(xt.shape[1], 0)
+        if q < dim:  # too few chunks yet: complete with random orthogonal directions
+            gen = torch.Generator().manual_seed(seed)
+            extra = torch.randn(xt.shape[1], dim - q, generator=gen)
+            extra -= basis @ (basis.T @ extra)
+            basis = torch.cat([basis, torch.linalg.qr(extra)[0]], dim=1)
+        return cls(mean, basis.numpy())
+
+    def docs(self, memories: np.ndarray) -> np.ndarray:
+        """Projected document vectors ``[N, d]``."""
+        x = memories / np.maximum(np.linalg.norm(memories, axis=1, keepdims=True), 1e-12)
+        return (x - self.mean) @ self.basis
+
+    def queries(self, queries: np.ndarray) -> np.ndarray:
+        """Projected query vectors ``[B, d]`` (unit norm: only their direction matters for ranking)."""
+        y = queries @ self.basis
+        return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+
+    def save(self, path: Path) -> None:
+        """Write atomically to ``path`` (.npz)."""
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, mean=self.mean, basis=self.basis)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Projection:
+        """Read a projection saved by ``save``."""
+        try:
+            with np.load(path) as data:
+                return cls(data["mean"], data["basis"])
+        except (OSError, KeyError, ValueError) as err:
+            msg = f"projection file {path} is damaged ({err}); re-index into a new --db folder"
+            raise StoreError(msg) from err
