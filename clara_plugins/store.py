@@ -149,6 +149,8 @@ class ClaraStore:
         ann_dim: Width of the projection indexed in ``"pca"`` layout.
         candidates: ANN candidates re-ranked exactly per question in ``"pca"`` layout (at least ``k``).
         memory_dtype: ``"float16"`` or ``"float32"`` rows of the sidecar file.
+        layout: ``"auto"`` (default: ``"pca"`` for memories wider than ``full_max_dim`` on a local client, else
+            ``"full"``), ``"full"`` or ``"pca"``, for a new collection; an existing one keeps its own.
     """
 
     def __init__(
@@ -162,6 +164,7 @@ class ClaraStore:
         ann_dim: int = 256,
         candidates: int = 100,
         memory_dtype: str = "float16",
+        layout: str = "auto",
     ) -> None:
         import chromadb
 
@@ -174,6 +177,10 @@ class ClaraStore:
         self.hnsw = {**DEFAULT_HNSW, **(hnsw or {})}
         self.full_max_dim, self.ann_dim, self.candidates = full_max_dim, ann_dim, candidates
         self.memory_dtype = memory_dtype
+        if layout not in {"auto", "full", "pca"}:
+            msg = f"layout must be 'auto', 'full' or 'pca', got {layout!r}"
+            raise InputError(msg)
+        self.layout = layout
         self.max_batch = int(client.get_max_batch_size())
         self._lock = threading.RLock()
         self._col: Any = None
@@ -218,7 +225,7 @@ class ClaraStore:
     def _check_format(self) -> None:
         meta = self._col.metadata or {}
         if "clara_fingerprint" not in meta:
-            msg = f"Chroma collection {self.name!r} was not made by clara-plugins (no model fingerprint); use another name"
+            msg = f"Chroma collection {self.name!r} was not made by clara-plugins (no fingerprint); use another name"
             self._col = None
             raise StoreError(msg)
         if int(meta.get("clara_format", 0)) > FORMAT_VERSION:
@@ -241,13 +248,18 @@ class ClaraStore:
             if meta["clara_fingerprint"] != fingerprint:
                 msg = (
                     f"store {self.name!r} ({self.path or 'client'}) was built by model {meta.get('clara_model')!r} "
-                    f"(fingerprint {meta['clara_fingerprint'][:16]}), not by {source!r} (fingerprint {fingerprint[:16]}); "
+                    f"(fingerprint {meta['clara_fingerprint'][:16]}), not by {source!r} "
+                    f"(fingerprint {fingerprint[:16]}); "
                     "open it with its own model (clara ask/search use it by default) or index into a new folder"
                 )
                 raise ModelMismatchError(msg)
 
     def _create(self, fingerprint: str, memory_dim: int, n_mem: int, hidden_size: int, source: str | None) -> None:
         mode = "pca" if memory_dim > self.full_max_dim and self.local_folder is not None else "full"
+        if self.layout == "pca" and self.local_folder is None:
+            msg = "layout 'pca' keeps memories in a sidecar file and needs a local PersistentClient (give path=)"
+            raise StoreError(msg)
+        mode = mode if self.layout == "auto" else self.layout
         meta = {
             "clara_format": FORMAT_VERSION,
             "clara_fingerprint": fingerprint,
@@ -304,7 +316,7 @@ class ClaraStore:
             res = col.get(where={"clara_doc": {"$in": ids[start : start + 500]}}, include=["metadatas"])
             for meta in res["metadatas"] or []:
                 doc = meta["clara_doc"]
-                _, n, present = out.get(doc, ("", 0, 0))
+                present = out[doc][2] if doc in out else 0
                 out[doc] = (meta["clara_dochash"], int(meta["clara_n"]), present + 1)
         return out
 

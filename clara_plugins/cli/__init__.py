@@ -13,6 +13,7 @@ from clara_plugins.errors import ClaraError
 # each module defines add_commands(subparsers); a subcommand's parser sets `func(args) -> int`
 _COMMAND_MODULES = [
     "clara_plugins.cli.convert",
+    "clara_plugins.cli.store_commands",
 ]
 
 
