@@ -1,0 +1,26 @@
+"""The LangChain and LlamaIndex integrations of clara-plugins (installed as ``clara_plugins.adapters``).
+
+Each framework has its own module, imported only when used, so ``import clara_plugins`` pulls in neither:
+
+- ``clara_plugins.adapters.langchain`` (extra ``langchain``): ``ClaraRetriever``, ``ClaraDocumentCompressor``,
+  ``ClaraChatModel`` and ``ClaraContextPacker``.
+- ``clara_plugins.adapters.llama_index`` (extra ``llama-index``): ``ClaraRetriever``, ``ClaraNodePostprocessor``,
+  ``ClaraLLM``, ``ClaraSynthesizer`` and ``make_query_engine``.
+
+The classes are thin conversions between framework objects and the core ``ClaraRAG`` facade; they never paste
+document text into a prompt: the generator reads the documents' compressed memories.
+"""
+
+from __future__ import annotations
+
+# This folder sits at the top of the repository but is installed as clara_plugins.adapters. Imported under any
+# other name (a stray ``import adapters`` from the repository root), it would shadow the PyPI package ``adapters``
+# (AdapterHub) and half-work; refuse clearly instead.
+if not __name__.startswith("clara_plugins."):
+    msg = (
+        f"this package must be imported as clara_plugins.adapters, not {__name__!r}: "
+        "use `import clara_plugins.adapters` (install the project with `pip install -e .`)"
+    )
+    raise ImportError(msg)
+
+__all__: list[str] = []

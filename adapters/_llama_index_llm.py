@@ -1,0 +1,236 @@
+"""``ClaraLLM`` and ``ClaraSynthesizer`` (re-exported by ``clara_plugins.adapters.llama_index``).
+
+``ClaraLLM`` is CLaRa's generator behind LlamaIndex's LLM interface. Its prompt is the question; the documents
+reach it as ``nodes=`` (nodes, ``NodeWithScore`` or strings), never pasted into the prompt. Without ``nodes`` it
+retrieves ``k`` chunks from the store. ``chat`` takes the last user message as the question and the system
+messages as plain-text context (compressed on the fly).
+
+``ClaraSynthesizer`` is the response synthesizer that passes the retrieved nodes themselves to ``ClaraLLM``
+(LlamaIndex's built-in synthesizers pass only their text).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from clara_plugins.errors import InputError, MissingExtraError
+
+try:
+    from llama_index.core.base.llms.types import (
+        ChatMessage,
+        ChatResponse,
+        ChatResponseGen,
+        CompletionResponse,
+        CompletionResponseAsyncGen,
+        CompletionResponseGen,
+        LLMMetadata,
+        MessageRole,
+    )
+    from llama_index.core.bridge.pydantic import Field, PrivateAttr
+    from llama_index.core.callbacks import CallbackManager
+    from llama_index.core.llms import CustomLLM
+    from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+    from llama_index.core.response_synthesizers import BaseSynthesizer
+    from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore
+    from llama_index.core.types import RESPONSE_TEXT_TYPE
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by test_import_hygiene
+    raise MissingExtraError("llama-index-core", "llama-index") from exc
+
+from clara_plugins.adapters._common import aiter_in_thread, check_positive, check_rag, references
+
+logger = logging.getLogger(__name__)
+
+_NODES_KWARG = "clara_nodes"  # how ClaraSynthesizer hands the nodes through BaseSynthesizer.synthesize
+
+
+def _item(item: BaseNode | NodeWithScore | str) -> tuple[str, dict | None]:
+    if isinstance(item, str):
+        return item, None
+    node = item.node if isinstance(item, NodeWithScore) else item
+    return node.get_content(metadata_mode=MetadataMode.NONE), node.metadata
+
+
+class ClaraLLM(CustomLLM):
+    """CLaRa's generator as a LlamaIndex LLM: answers from compressed memories, never from pasted text.
+
+    Attributes:
+        model_name: name reported in ``metadata``.
+        k: chunks retrieved when a call brings no nodes (default: the model's ``generation_top_k``).
+        max_new_tokens: most new tokens per answer (default: the model's ``max_new_tokens``).
+        context_window: what ``metadata`` reports; CLaRa's prompt holds the question plus n+1 slots per document.
+    """
+
+    model_name: str = Field(default="clara")
+    k: int | None = Field(default=None)
+    max_new_tokens: int | None = Field(default=None)
+    context_window: int = Field(default=4096)
+
+    _rag: Any = PrivateAttr()
+
+    def __init__(self, rag: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._rag = check_rag(rag)
+        for name in ("k", "max_new_tokens"):
+            if getattr(self, name) is not None:
+                check_positive(name, getattr(self, name))
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "ClaraLLM"
+
+    @property
+    def rag(self) -> Any:
+        """The ``ClaraRAG`` that generates."""
+        return self._rag
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        """LlamaIndex's description of this LLM."""
+        num_output = self.max_new_tokens or self._rag.model.config.max_new_tokens
+        return LLMMetadata(
+            context_window=self.context_window, num_output=num_output, model_name=self.model_name, is_chat_model=False
+        )
+
+    def _refs(self, question: str, nodes: Sequence[Any] | None) -> list[Any]:
+        if not question.strip():
+            msg = "the prompt (the question) is empty"
+            raise InputError(msg)
+        if nodes is not None:
+            return [hit for _, hit in references(self._rag.model, [_item(n) for n in nodes])]
+        k = self.k or self._rag.default_k
+        return list(self._rag.search(question, k=k))
+
+    def _answer(self, prompt: str, nodes: Sequence[Any] | None) -> CompletionResponse:
+        refs = self._refs(prompt, nodes)
+        answer = self._rag.answer_from_hits(prompt, refs, max_new_tokens=self.max_new_tokens)
+        return CompletionResponse(text=answer.text, raw={"sources": refs})
+
+    def _stream(self, prompt: str, nodes: Sequence[Any] | None) -> CompletionResponseGen:
+        refs = self._refs(prompt, nodes)
+        text = ""
+        for piece in self._rag.stream_from_hits(prompt, refs, max_new_tokens=self.max_new_tokens):
+            text += piece
+            yield CompletionResponse(text=text, delta=piece, raw={"sources": refs})
+
+    @llm_completion_callback()
+    def complete(
+        self, prompt: str, formatted: bool = False, nodes: Sequence[Any] | None = None, **kwargs: Any
+    ) -> CompletionResponse:
+        """Answer the question ``prompt`` from ``nodes`` (or from the store when None)."""
+        return self._answer(prompt, nodes)
+
+    @llm_completion_callback()
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, nodes: Sequence[Any] | None = None, **kwargs: Any
+    ) -> CompletionResponseGen:
+        """Stream the answer to ``prompt`` as it is generated (``text`` so far plus ``delta``)."""
+        return self._stream(prompt, nodes)
+
+    @llm_completion_callback()
+    async def acomplete(
+        self, prompt: str, formatted: bool = False, nodes: Sequence[Any] | None = None, **kwargs: Any
+    ) -> CompletionResponse:
+        """``complete`` in a worker thread, so the event loop stays free."""
+        return await asyncio.to_thread(self._answer, prompt, nodes)
+
+    @llm_completion_callback()
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, nodes: Sequence[Any] | None = None, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        """``stream_complete`` with generation in worker threads, so the event loop stays free."""
+        return aiter_in_thread(lambda: self._stream(prompt, nodes))
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """Answer the last user message; system messages are plain-text context, compressed on the fly."""
+        question, nodes = self._chat_inputs(messages)
+        response = self.complete(question, nodes=nodes or kwargs.pop("nodes", None), **kwargs)
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=response.text), raw=response.raw)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        """Stream the answer to the last user message (see ``chat``)."""
+        question, nodes = self._chat_inputs(messages)
+        stream = self.stream_complete(question, nodes=nodes or kwargs.pop("nodes", None), **kwargs)
+
+        def gen() -> ChatResponseGen:
+            for r in stream:
+                yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=r.text), delta=r.delta)
+
+        return gen()
+
+    def _chat_inputs(self, messages: Sequence[ChatMessage]) -> tuple[str, list[str] | None]:
+        users = [m for m in messages if m.role == MessageRole.USER]
+        if not users:
+            msg = "ClaraLLM.chat needs a user message (the question)"
+            raise InputError(msg)
+        system = [m.content for m in messages if m.role == MessageRole.SYSTEM and (m.content or "").strip()]
+        nodes = [c.text for text in system for c in self._rag.model.chunk(text)] or None
+        return users[-1].content or "", nodes
+
+
+class ClaraSynthesizer(BaseSynthesizer):
+    """Response synthesizer that gives ``ClaraLLM`` the nodes (their stored memories), not their text.
+
+    Args:
+        llm: the ``ClaraLLM`` to answer with (or pass ``rag`` to make one).
+        rag: a ``ClaraRAG``, used when ``llm`` is None.
+        streaming: return streaming responses.
+        callback_manager: LlamaIndex callback manager.
+    """
+
+    def __init__(
+        self,
+        llm: ClaraLLM | None = None,
+        rag: Any = None,
+        streaming: bool = False,
+        callback_manager: CallbackManager | None = None,
+    ) -> None:
+        if llm is None and rag is None:
+            msg = "ClaraSynthesizer needs llm (a ClaraLLM) or rag (a ClaraRAG)"
+            raise InputError(msg)
+        llm = llm if llm is not None else ClaraLLM(rag=rag)
+        if not isinstance(llm, ClaraLLM):
+            msg = f"llm must be a ClaraLLM (it reads memories, not text), got {type(llm).__name__}"
+            raise InputError(msg)
+        super().__init__(llm=llm, callback_manager=callback_manager, streaming=streaming)
+
+    def _get_prompts(self) -> dict[str, Any]:
+        return {}  # no text prompt template: the generator's prompt is fixed by the checkpoint
+
+    def _update_prompts(self, prompts: dict[str, Any]) -> None:
+        if prompts:
+            msg = f"ClaraSynthesizer has no prompt templates to update, got {sorted(prompts)}"
+            raise InputError(msg)
+
+    def synthesize(self, query: Any, nodes: list[NodeWithScore], *args: Any, **kwargs: Any) -> Any:
+        """LlamaIndex's ``synthesize``, with the nodes themselves handed to ``get_response``."""
+        return super().synthesize(query, nodes, *args, **{_NODES_KWARG: nodes, **kwargs})
+
+    async def asynthesize(self, query: Any, nodes: list[NodeWithScore], *args: Any, **kwargs: Any) -> Any:
+        """LlamaIndex's ``asynthesize``, with the nodes themselves handed to ``aget_response``."""
+        return await super().asynthesize(query, nodes, *args, **{_NODES_KWARG: nodes, **kwargs})
+
+    def get_response(self, query_str: str, text_chunks: Sequence[str], **kwargs: Any) -> RESPONSE_TEXT_TYPE:
+        """Answer from the nodes handed by ``synthesize`` (or compress ``text_chunks`` when called directly)."""
+        nodes = kwargs.pop(_NODES_KWARG, None)
+        nodes = list(text_chunks) if nodes is None else nodes
+        if self._streaming:
+            return (r.delta or "" for r in self._llm.stream_complete(query_str, nodes=nodes))
+        return self._llm.complete(query_str, nodes=nodes).text
+
+    async def aget_response(self, query_str: str, text_chunks: Sequence[str], **kwargs: Any) -> RESPONSE_TEXT_TYPE:
+        """Async ``get_response``; streaming responses come as an async generator."""
+        nodes = kwargs.pop(_NODES_KWARG, None)
+        nodes = list(text_chunks) if nodes is None else nodes
+        if self._streaming:
+            return _deltas(await self._llm.astream_complete(query_str, nodes=nodes))
+        return (await self._llm.acomplete(query_str, nodes=nodes)).text
+
+
+async def _deltas(stream: AsyncIterator[CompletionResponse]) -> AsyncIterator[str]:
+    async for r in stream:
+        yield r.delta or ""
