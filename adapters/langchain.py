@@ -23,6 +23,7 @@ that names a chunk of the store and compresses the others on the fly; see its do
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -30,7 +31,11 @@ from typing import Any
 from clara_plugins.errors import InputError, MissingExtraError
 
 try:
-    from langchain_core.callbacks import CallbackManagerForRetrieverRun, Callbacks
+    from langchain_core.callbacks import (
+        AsyncCallbackManagerForRetrieverRun,
+        CallbackManagerForRetrieverRun,
+        Callbacks,
+    )
     from langchain_core.documents import BaseDocumentCompressor, Document
     from langchain_core.messages import HumanMessage
     from langchain_core.prompt_values import ChatPromptValue
@@ -95,6 +100,13 @@ class ClaraRetriever(BaseRetriever):
             raise InputError(msg)
         k = self.k if k is None else check_positive("k", k)
         return [hit_to_document(hit) for hit in self.rag.search(query, k=k)]
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, k: int | None = None, **kwargs: Any
+    ) -> list[Document]:
+        # the model works on CPU/GPU synchronously: run it in a worker thread so the event loop stays free
+        sync_manager = run_manager.get_sync()
+        return await asyncio.to_thread(self._get_relevant_documents, query, run_manager=sync_manager, k=k, **kwargs)
 
 
 class ClaraDocumentCompressor(BaseDocumentCompressor):
