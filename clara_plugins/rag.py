@@ -293,6 +293,10 @@ class ClaraRAG:
         hits = [self._as_hit(item, i) for i, item in enumerate(texts_or_hits)]
         if not hits:
             return []
+        plain = [i for i, item in enumerate(texts_or_hits) if not isinstance(item, Hit)]
+        stored = self.store.records_by_hash([text_hash(hits[i].text) for i in plain]) if plain else {}
+        for i in plain:  # a text already in the store is that chunk (id, metadata, provenance)
+            hits[i] = stored.get(text_hash(hits[i].text), hits[i])
         mems = self.memories_for(hits)
         q = self.model.encode_query([question])
         scores, idx = self.model.rank(q, mems, k)

@@ -320,18 +320,23 @@ class ClaraStore:
                 out[doc] = (meta["clara_dochash"], int(meta["clara_n"]), present + 1)
         return out
 
-    def memories_by_hash(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
-        """Stored memories (flattened, float32) of chunks with these content hashes, for reuse without compressing."""
+    def records_by_hash(self, hashes: Sequence[str]) -> dict[str, Hit]:
+        """A stored chunk (score 0) per content hash among ``hashes`` that is in the store."""
         col = self._collection()
         uniq = list(dict.fromkeys(hashes))
-        found: dict[str, str] = {}
+        found: dict[str, Hit] = {}
         for start in range(0, len(uniq), 500):
-            res = col.get(where={"clara_hash": {"$in": uniq[start : start + 500]}}, include=["metadatas"])
-            for cid, meta in zip(res["ids"], res["metadatas"] or []):
-                found.setdefault(meta["clara_hash"], cid)
+            res = col.get(where={"clara_hash": {"$in": uniq[start : start + 500]}}, include=["metadatas", "documents"])
+            for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"] or []):
+                found.setdefault(meta["clara_hash"], _hit(cid, doc, meta, 0.0))
+        return found
+
+    def memories_by_hash(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored memories (flattened, float32) of chunks with these content hashes, for reuse without compressing."""
+        found = self.records_by_hash(hashes)
         if not found:
             return {}
-        mems = self.get_memories(list(found.values()))
+        mems = self.get_memories([hit.id for hit in found.values()])
         return {h: mems[i] for i, h in enumerate(found)}
 
     def find_memories(self, ids: Sequence[str]) -> dict[str, np.ndarray]:

@@ -1,0 +1,179 @@
+"""ClaraStore on a real embedded Chroma, with synthetic memories (no model needed)."""
+
+from __future__ import annotations
+
+import json
+
+import chromadb
+import numpy as np
+import pytest
+
+from clara_plugins.errors import InputError, ModelMismatchError, StoreError
+from clara_plugins.store import ChunkRecord, ClaraStore, validate_metadata
+
+DIM, N_MEM, HIDDEN = 256, 4, 64
+
+
+def _records(n: int, doc: str = "d", offset: int = 0, meta: dict | None = None) -> list[ChunkRecord]:
+    return [
+        ChunkRecord(
+            id=f"{doc}{offset + i}#0",
+            text=f"text {offset + i}",
+            doc_id=f"{doc}{offset + i}",
+            start=0,
+            end=6,
+            index=0,
+            n_chunks=1,
+            doc_hash=f"h{offset + i}",
+            hash=f"c{offset + i}",
+            metadata=dict(meta or {}),
+        )
+        for i in range(n)
+    ]
+
+
+def _vectors(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((16, DIM)).astype(np.float32)  # low-rank structure plus noise, like real memories
+    return rng.standard_normal((n, 16)).astype(np.float32) @ basis + 0.1 * rng.standard_normal((n, DIM)).astype(
+        np.float32
+    )
+
+
+def _exact_top(q: np.ndarray, x: np.ndarray, k: int) -> list[int]:
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return list(np.argsort(-(xn @ (q / np.linalg.norm(q))))[:k])
+
+
+def _open(tmp_path, **kw) -> ClaraStore:
+    store = ClaraStore(path=tmp_path / "db", **kw)
+    store.bind("fp-a", DIM, N_MEM, HIDDEN, "model-a")
+    return store
+
+
+@pytest.mark.parametrize("layout", ["full", "pca"])
+def test_search_ranks_like_exact_cosine(tmp_path, layout):
+    store = _open(tmp_path, layout=layout, ann_dim=32)
+    x = _vectors(300)
+    store.add(_records(300), x)
+    assert store.mode == layout
+    assert store.count() == 300
+    rng = np.random.default_rng(1)
+    for qi in range(5):
+        q = x[qi * 7] + 0.2 * rng.standard_normal(DIM).astype(np.float32)
+        hits = store.search(q[None], k=5)[0]
+        assert [int(h.doc_id[1:]) for h in hits] == _exact_top(q, x, 5)
+        exact = float(x[int(hits[0].doc_id[1:])] @ q / np.linalg.norm(x[int(hits[0].doc_id[1:])]) / np.linalg.norm(q))
+        assert hits[0].score == pytest.approx(exact, abs=2e-3)  # fp16 rows in the pca layout
+
+
+@pytest.mark.parametrize("layout", ["full", "pca"])
+def test_memories_round_trip_and_records(tmp_path, layout):
+    store = _open(tmp_path, layout=layout, ann_dim=32)
+    x = _vectors(20)
+    store.add(_records(20, meta={"lang": "en"}), x)
+    got = store.get_memories(["d3#0", "d0#0"])
+    tol = 1e-2 if layout == "pca" else 1e-6
+    np.testing.assert_allclose(got, x[[3, 0]], rtol=tol, atol=tol)
+    hit = store.get_records(["d3#0"])["d3#0"]
+    assert (hit.text, hit.doc_id, hit.metadata) == ("text 3", "d3", {"lang": "en"})
+    assert set(store.memories_by_hash(["c5", "nope"])) == {"c5"}
+    with pytest.raises(StoreError, match="not in the store"):
+        store.get_memories(["missing#0"])
+
+
+def test_writes_are_batched_within_client_limit(tmp_path):
+    store = _open(tmp_path)
+    store.max_batch = 7  # a server with a small max batch size
+    store.add(_records(30), _vectors(30))
+    assert store.count() == 30
+    assert store.doc_status(["d0", "d29", "zz"]) == {"d0": ("h0", 1, 1), "d29": ("h29", 1, 1)}
+
+
+def test_model_mismatch_names_both_models(tmp_path):
+    store = _open(tmp_path)
+    store.add(_records(3), _vectors(3))
+    other = ClaraStore(path=tmp_path / "db")
+    with pytest.raises(ModelMismatchError, match=r"model-a.*model-b"):
+        other.bind("fp-b", DIM, N_MEM, HIDDEN, "model-b")
+    assert other.count() == 3
+
+
+def test_metadata_validation():
+    assert validate_metadata({"a": 1, "b": "x", "c": True, "d": 0.5, "e": ["x", "y"]}, "text 0")["a"] == 1
+    assert validate_metadata(None, "text 0") == {}
+    for bad, pattern in [
+        ({"a": {"nested": 1}}, "not accepted by Chroma"),
+        ({"clara_doc": "x"}, "reserved prefix"),
+        ({"a": None}, "cannot store"),
+        ([("a", 1)], "must be a dict"),
+    ]:
+        with pytest.raises(InputError, match=pattern):
+            validate_metadata(bad, "text 3")
+
+
+def test_search_where_filter_and_delete(tmp_path):
+    store = _open(tmp_path)
+    x = _vectors(10)
+    store.add(_records(5, meta={"lang": "en"}), x[:5])
+    store.add(_records(5, offset=5, meta={"lang": "fr"}), x[5:])
+    hits = store.search(x[7][None], k=10, where={"lang": "fr"})[0]
+    assert {h.metadata["lang"] for h in hits} == {"fr"} and len(hits) == 5
+    store.delete(ids=["d0#0"], doc_ids=["d1", "d2"])
+    assert store.count() == 7
+
+
+def test_empty_store_search_and_missing_store(tmp_path):
+    store = _open(tmp_path)
+    assert store.search(_vectors(1), k=3) == [[]]
+    with pytest.raises(InputError, match="query width"):
+        store.search(np.zeros((1, 10), dtype=np.float32), k=3)
+    missing = ClaraStore(path=tmp_path / "other")
+    with pytest.raises(StoreError, match="clara index"):
+        missing.count()
+
+
+def test_pca_recovers_after_crash_before_chroma_write(tmp_path):
+    store = _open(tmp_path, layout="pca", ann_dim=32)
+    store.add(_records(10), _vectors(10))
+    side = store._sidecar
+    side.append(_vectors(5, seed=3))  # rows written, process "dies" before the Chroma records exist
+    with open(side.data_path, "ab") as f:
+        f.write(b"\x00" * 7)  # and a half-written row
+    reopened = _open(tmp_path)
+    assert reopened._sidecar.file_rows() == 10 == reopened._sidecar.committed
+    reopened.add(_records(2, offset=10), _vectors(2, seed=4))
+    assert reopened.count() == 12
+    np.testing.assert_allclose(reopened.get_memories(["d11#0"]), _vectors(2, seed=4)[1:], atol=1e-2)
+
+
+def test_pca_recovers_after_crash_before_commit(tmp_path):
+    store = _open(tmp_path, layout="pca", ann_dim=32)
+    store.add(_records(10), _vectors(10))
+    state = json.loads(store._sidecar.state_path.read_text())
+    store.add(_records(4, offset=10), _vectors(4, seed=2))
+    store._sidecar.state_path.write_text(json.dumps(state))  # Chroma has the rows, the commit was lost
+    reopened = _open(tmp_path)
+    assert reopened._sidecar.committed == 14
+    np.testing.assert_allclose(reopened.get_memories(["d13#0"]), _vectors(4, seed=2)[3:], atol=1e-2)
+
+
+def test_damaged_pca_store_is_reported(tmp_path):
+    store = _open(tmp_path, layout="pca", ann_dim=32)
+    store.add(_records(10), _vectors(10))
+    store._sidecar.data_path.write_bytes(b"")
+    with pytest.raises(StoreError, match="damaged"):
+        _open(tmp_path).count()
+
+
+def test_pca_layout_needs_a_local_client():
+    store = ClaraStore(client=chromadb.EphemeralClient(), collection="eph-pca", layout="pca")
+    with pytest.raises(StoreError, match="PersistentClient"):
+        store.bind("fp", DIM, N_MEM, HIDDEN, "m")
+
+
+def test_foreign_collection_is_refused(tmp_path):
+    client = chromadb.PersistentClient(path=str(tmp_path / "db"))
+    client.create_collection("clara", embedding_function=None)
+    with pytest.raises(StoreError, match="not made by clara-plugins"):
+        ClaraStore(client=client).exists()
