@@ -179,6 +179,7 @@ class ClaraSynthesizer(BaseSynthesizer):
         llm: the ``ClaraLLM`` to answer with (or pass ``rag`` to make one).
         rag: a ``ClaraRAG``, used when ``llm`` is None.
         streaming: return streaming responses.
+        max_new_tokens: answer length of the ``ClaraLLM`` made from ``rag`` (set it on ``llm`` otherwise).
         callback_manager: LlamaIndex callback manager.
     """
 
@@ -187,12 +188,16 @@ class ClaraSynthesizer(BaseSynthesizer):
         llm: ClaraLLM | None = None,
         rag: Any = None,
         streaming: bool = False,
+        max_new_tokens: int | None = None,
         callback_manager: CallbackManager | None = None,
     ) -> None:
         if llm is None and rag is None:
             msg = "ClaraSynthesizer needs llm (a ClaraLLM) or rag (a ClaraRAG)"
             raise InputError(msg)
-        llm = llm if llm is not None else ClaraLLM(rag=rag)
+        if llm is not None and max_new_tokens is not None:
+            msg = "max_new_tokens applies to the ClaraLLM made from rag; set it on the llm you pass instead"
+            raise InputError(msg)
+        llm = llm if llm is not None else ClaraLLM(rag=rag, max_new_tokens=max_new_tokens)
         if not isinstance(llm, ClaraLLM):
             msg = f"llm must be a ClaraLLM (it reads memories, not text), got {type(llm).__name__}"
             raise InputError(msg)
