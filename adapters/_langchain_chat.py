@@ -27,7 +27,7 @@ try:
     from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
     from langchain_core.messages.ai import UsageMetadata
     from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-    from pydantic import ConfigDict, Field, field_validator
+    from pydantic import ConfigDict, Field, field_validator, model_validator
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by test_import_hygiene
     raise MissingExtraError("langchain-core", "langchain") from exc
 
@@ -54,7 +54,8 @@ class ClaraChatModel(BaseChatModel):
 
     Attributes:
         rag: the ``ClaraRAG`` whose model generates and whose store provides memories.
-        model_name: name reported in traces and ``response_metadata`` (alias ``model``).
+        model_name: name reported in traces and ``response_metadata`` (alias ``model``; default: where the model
+            was loaded from, e.g. ``apple/CLaRa-7B-Instruct``).
         k: chunks retrieved when a call brings no context (default: the model's ``generation_top_k``).
         retrieve: retrieve from the store when a call brings no context; if False such calls are an error.
         max_tokens: most new tokens per answer (default: the model's ``max_new_tokens``).
@@ -64,7 +65,7 @@ class ClaraChatModel(BaseChatModel):
     """
 
     rag: Any = Field(exclude=True)
-    model_name: str = Field(default="clara", alias="model")
+    model_name: str = Field(default="", alias="model")
     k: int | None = None
     retrieve: bool = True
     max_tokens: int | None = None
@@ -78,6 +79,12 @@ class ClaraChatModel(BaseChatModel):
     @classmethod
     def _valid_rag(cls, value: Any) -> Any:
         return check_rag(value)
+
+    @model_validator(mode="after")
+    def _default_model_name(self) -> ClaraChatModel:
+        if not self.model_name:
+            self.model_name = str(self.rag.model.source or "clara")
+        return self
 
     @field_validator("k", "max_tokens")
     @classmethod

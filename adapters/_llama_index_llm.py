@@ -57,22 +57,24 @@ class ClaraLLM(CustomLLM):
     """CLaRa's generator as a LlamaIndex LLM: answers from compressed memories, never from pasted text.
 
     Attributes:
-        model_name: name reported in ``metadata``.
+        model_name: name reported in ``metadata`` (default: where the model was loaded from).
         k: chunks retrieved when a call brings no nodes (default: the model's ``generation_top_k``).
         max_new_tokens: most new tokens per answer (default: the model's ``max_new_tokens``).
-        context_window: what ``metadata`` reports; CLaRa's prompt holds the question plus n+1 slots per document.
+        context_window: what ``metadata`` reports (default: the base model's ``max_position_embeddings``); the
+            generator's prompt holds the question plus ``n_mem + 1`` positions per document.
     """
 
-    model_name: str = Field(default="clara")
+    model_name: str = Field(default="")
     k: int | None = Field(default=None)
     max_new_tokens: int | None = Field(default=None)
-    context_window: int = Field(default=4096)
+    context_window: int | None = Field(default=None)
 
     _rag: Any = PrivateAttr()
 
     def __init__(self, rag: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._rag = check_rag(rag)
+        self.model_name = self.model_name or str(rag.model.source or "clara")
         for name in ("k", "max_new_tokens"):
             if getattr(self, name) is not None:
                 check_positive(name, getattr(self, name))
@@ -89,10 +91,10 @@ class ClaraLLM(CustomLLM):
     @property
     def metadata(self) -> LLMMetadata:
         """LlamaIndex's description of this LLM."""
-        num_output = self.max_new_tokens or self._rag.model.config.max_new_tokens
-        return LLMMetadata(
-            context_window=self.context_window, num_output=num_output, model_name=self.model_name, is_chat_model=False
-        )
+        model = self._rag.model
+        window = self.context_window or getattr(model.base_lm.config, "max_position_embeddings", None) or 4096
+        num_output = self.max_new_tokens or model.config.max_new_tokens
+        return LLMMetadata(context_window=window, num_output=num_output, model_name=self.model_name)
 
     def _refs(self, question: str, nodes: Sequence[Any] | None) -> list[Any]:
         if not question.strip():

@@ -71,6 +71,8 @@ class ClaraRetriever(BaseRetriever):
     Attributes:
         rag: the ``ClaraRAG`` to search.
         k: chunks returned per query; ``invoke(query, k=...)`` overrides it for one call.
+        where: Chroma filter on the user metadata, e.g. ``{"lang": "en"}``; ``invoke(query, where=...)`` overrides
+            it for one call.
 
     Each ``Document`` has ``id`` = the chunk's store id, and metadata = the user metadata of its source document
     plus ``clara_id`` (the store id again, for pipelines that drop ``Document.id``), ``score`` (the cosine),
@@ -79,6 +81,7 @@ class ClaraRetriever(BaseRetriever):
 
     rag: Any = Field(exclude=True)
     k: int = 4
+    where: dict[str, Any] | None = None
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -93,20 +96,27 @@ class ClaraRetriever(BaseRetriever):
         return check_positive("k", value)
 
     def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None, **kwargs: Any
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        where: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> list[Document]:
         if kwargs:
-            msg = f"ClaraRetriever got unknown keyword arguments {sorted(kwargs)}; only k is supported"
+            msg = f"ClaraRetriever got unknown keyword arguments {sorted(kwargs)}; only k and where are supported"
             raise InputError(msg)
         k = self.k if k is None else check_positive("k", k)
-        return [hit_to_document(hit) for hit in self.rag.search(query, k=k)]
+        hits = self.rag.search(query, k=k, where=self.where if where is None else where)
+        return [hit_to_document(hit) for hit in hits]
 
     async def _aget_relevant_documents(
-        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, k: int | None = None, **kwargs: Any
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         # the model works on CPU/GPU synchronously: run it in a worker thread so the event loop stays free
         sync_manager = run_manager.get_sync()
-        return await asyncio.to_thread(self._get_relevant_documents, query, run_manager=sync_manager, k=k, **kwargs)
+        return await asyncio.to_thread(self._get_relevant_documents, query, run_manager=sync_manager, **kwargs)
 
 
 class ClaraDocumentCompressor(BaseDocumentCompressor):

@@ -90,6 +90,7 @@ class ClaraRetriever(BaseRetriever):
     Args:
         rag: the ``ClaraRAG`` to search.
         k: nodes per query (``similarity_top_k`` is accepted as LlamaIndex's name for it).
+        where: Chroma filter on the user metadata, e.g. ``{"lang": "en"}``.
         callback_manager: LlamaIndex callback manager.
         verbose: LlamaIndex's verbose flag.
     """
@@ -99,10 +100,12 @@ class ClaraRetriever(BaseRetriever):
         rag: Any,
         k: int = 4,
         similarity_top_k: int | None = None,
+        where: dict[str, Any] | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
         self._rag = check_rag(rag)
+        self.where = where
         self.k = check_positive("similarity_top_k" if similarity_top_k is not None else "k", similarity_top_k or k)
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
@@ -112,7 +115,7 @@ class ClaraRetriever(BaseRetriever):
         return self._rag
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        return [hit_to_node(hit) for hit in self._rag.search(query_bundle.query_str, k=self.k)]
+        return [hit_to_node(hit) for hit in self._rag.search(query_bundle.query_str, k=self.k, where=self.where)]
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return await asyncio.to_thread(self._retrieve, query_bundle)

@@ -92,6 +92,13 @@ def test_retriever_k_as_field_and_per_call(rag):
     assert [d.id for d in five[:2]] == [d.id for d in two]
 
 
+def test_retriever_metadata_filter_as_field_and_per_call(rag):
+    only_3 = ClaraRetriever(rag=rag, k=3, where={"source": "src3"}).invoke(QUESTION)
+    assert [d.metadata["doc_id"] for d in only_3] == ["d3"]  # d3 has a single chunk
+    per_call = ClaraRetriever(rag=rag, k=3).invoke(QUESTION, where={"source": {"$in": ["src1", "src2"]}})
+    assert sorted(d.metadata["doc_id"] for d in per_call) == ["d1", "d2"]
+
+
 async def test_retriever_async_matches_sync(rag):
     retriever = ClaraRetriever(rag=rag, k=3)
     assert [d.id for d in await retriever.ainvoke(QUESTION)] == [d.id for d in retriever.invoke(QUESTION)]
@@ -106,7 +113,7 @@ def test_retriever_rejects_bad_arguments(rag):
     retriever = ClaraRetriever(rag=rag)
     with pytest.raises(InputError, match="k must be a positive integer"):
         retriever.invoke(QUESTION, k=-1)
-    with pytest.raises(InputError, match="top_k"):
+    with pytest.raises(InputError, match="only k and where"):
         retriever.invoke(QUESTION, top_k=2)
 
 

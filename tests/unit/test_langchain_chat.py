@@ -207,3 +207,4 @@ def test_bridge_passes_options(rag):
     assert isinstance(chat, ClaraChatModel)
     assert (chat.max_tokens, chat.k, chat.model_name) == (5, 2, "clara-tiny")
     assert chat.invoke(QUESTION).response_metadata["model_name"] == "clara-tiny"
+    assert ClaraChatModel(rag=rag).model_name == rag.model.source  # default: where the model came from

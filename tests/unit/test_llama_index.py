@@ -85,6 +85,8 @@ async def test_retriever_async_and_top_k_alias(rag):
     nodes = await retriever.aretrieve(QUESTION)
     assert [n.node.node_id for n in nodes] == [n.node.node_id for n in retriever.retrieve(QUESTION)]
     assert len(nodes) == 2
+    filtered = ClaraRetriever(rag, k=3, where={"source": "src4"}).retrieve(QUESTION)
+    assert [n.node.metadata["doc_id"] for n in filtered] == ["d4"]
     with pytest.raises(InputError, match="k must be a positive integer"):
         ClaraRetriever(rag, k=0)
 
@@ -150,6 +152,7 @@ def test_postprocessor_and_synthesizer_on_a_vector_index(rag, vector_index, call
 def test_llm_complete_stream_and_chat(rag, calls):
     llm = ClaraLLM(rag=rag, max_new_tokens=MAX_NEW, k=2)
     assert llm.metadata.num_output == MAX_NEW
+    assert llm.metadata.context_window == rag.model.base_lm.config.max_position_embeddings
     assert not llm.metadata.is_chat_model
     text = "Rome is the capital of Italy."
     answer = llm.complete(QUESTION, nodes=[text])
