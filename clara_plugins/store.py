@@ -15,6 +15,7 @@ Two layouts, chosen when the collection is created and recorded in its metadata 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ RESERVED_PREFIX = "clara_"
 FORMAT_VERSION = 1
 # HNSW settings measured by bench/bench_store.py (recall@10 vs exact ranking >= 0.98; docs/store.md)
 DEFAULT_HNSW = {"ef_construction": 200, "ef_search": 256, "max_neighbors": 32}
+# the "pca" projection is refitted (on a sample of at most this many chunks) each time the store doubles past it
+REFIT_MAX_ROWS = 4096
 
 
 @dataclass
@@ -186,6 +189,7 @@ class ClaraStore:
         self._col: Any = None
         self._sidecar: SidecarMemories | None = None
         self._projection: Projection | None = None
+        self._projection_mtime = 0
 
     # ------------------------------------------------------------------ collection
     def exists(self) -> bool:
@@ -290,12 +294,46 @@ class ClaraStore:
             raise StoreError(msg)
         folder = self.local_folder / "clara_memories" / str(self._col.id)
         self._sidecar = SidecarMemories(folder, int(meta["clara_memory_dim"]), meta["clara_memory_dtype"])
+        self._sidecar.recover(self._referenced_end)
+        if (folder / "projection.next.npz").exists():  # a refit was cut short: finish it
+            with self._sidecar.write_lock():
+                self._apply_projection(self._col, Projection.load(folder / "projection.next.npz"))
         if (folder / "projection.npz").exists():
-            self._projection = Projection.load(folder / "projection.npz")
+            self._current_projection()
         elif self._col.count() > 0:
             msg = f"projection file missing from {folder}: the store is damaged; re-index into a new --db folder"
             raise StoreError(msg)
-        self._sidecar.recover(self._referenced_end)
+
+    def _current_projection(self) -> Projection:
+        """The projection in use, reloaded when another process refitted it."""
+        assert self._sidecar is not None
+        path = self._sidecar.folder / "projection.npz"
+        mtime = path.stat().st_mtime_ns
+        if self._projection is None or mtime != self._projection_mtime:
+            self._projection, self._projection_mtime = Projection.load(path), mtime
+        return self._projection
+
+    def _refit(self, col: Any) -> None:
+        """Fit the projection again on a sample of all stored memories and re-project every record."""
+        assert self._sidecar is not None
+        n = self._sidecar.committed
+        rows = np.sort(np.random.default_rng(0).choice(n, size=min(n, REFIT_MAX_ROWS), replace=False))
+        proj = Projection.fit(self._sidecar.read(rows), self.ann_dim)
+        proj.save(self._sidecar.folder / "projection.next.npz")
+        self._apply_projection(col, proj)
+
+    def _apply_projection(self, col: Any, proj: Projection) -> None:
+        """Re-project every record with ``proj``, then make it the current projection (call under write lock)."""
+        assert self._sidecar is not None
+        res = col.get(include=["metadatas"])
+        for start in range(0, len(res["ids"]), self.max_batch):
+            metas = res["metadatas"][start : start + self.max_batch]
+            mems = self._sidecar.read([int(m["clara_row"]) for m in metas])
+            col.update(ids=res["ids"][start : start + self.max_batch], embeddings=proj.docs(mems))
+        folder = self._sidecar.folder
+        os.replace(folder / "projection.next.npz", folder / "projection.npz")
+        self._current_projection()
+        logger.info("re-projected %d chunks on a projection fitted to %d", len(res["ids"]), proj.fit_rows)
 
     def _referenced_end(self, committed: int) -> int:
         res = self._col.get(where={"clara_row": {"$gte": committed}}, include=["metadatas"])
@@ -400,10 +438,11 @@ class ClaraStore:
         return self._search_pca(col, q, k, n, where)
 
     def _search_pca(self, col: Any, q: np.ndarray, k: int, n: int, where: dict | None) -> list[list[Hit]]:
-        assert self._projection is not None and self._sidecar is not None
+        assert self._sidecar is not None
+        projection = self._current_projection()
         n_cand = min(max(self.candidates, 4 * k), n)
         res = col.query(
-            query_embeddings=self._projection.queries(q),
+            query_embeddings=projection.queries(q),
             n_results=n_cand,
             where=where,
             include=["documents", "metadatas"],
@@ -443,22 +482,21 @@ class ClaraStore:
         sidecar = self._sidecar
         assert sidecar is not None
         with sidecar.write_lock():
-            if self._projection is None:
-                path = sidecar.folder / "projection.npz"
-                if path.exists():  # made by another process meanwhile
-                    self._projection = Projection.load(path)
-                else:
-                    self._projection = Projection.fit(batch, self.ann_dim)
-                    self._projection.save(path)
+            path = sidecar.folder / "projection.npz"
+            if not path.exists():
+                Projection.fit(batch, self.ann_dim).save(path)
+            projection = self._current_projection()
             first = sidecar.append(batch)
             metas = [{**_record_meta(r), "clara_row": first + i} for i, r in enumerate(recs)]
             col.upsert(
                 ids=[r.id for r in recs],
-                embeddings=self._projection.docs(batch),
+                embeddings=projection.docs(batch),
                 documents=[r.text for r in recs],
                 metadatas=metas,
             )
             sidecar.commit(first + len(recs))
+            if projection.fit_rows < min(REFIT_MAX_ROWS, sidecar.committed // 2):
+                self._refit(col)
 
     def delete(self, ids: Sequence[str] | None = None, doc_ids: Sequence[str] | None = None) -> None:
         """Delete chunks by chunk id and/or every chunk of the given document ids.

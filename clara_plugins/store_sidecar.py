@@ -182,9 +182,10 @@ class Projection:
     projection error. The basis is the top principal directions of the first indexed chunks.
     """
 
-    def __init__(self, mean: np.ndarray, basis: np.ndarray) -> None:
+    def __init__(self, mean: np.ndarray, basis: np.ndarray, fit_rows: int) -> None:
         self.mean = mean.astype(np.float32)  # (D,)
         self.basis = basis.astype(np.float32)  # (D, d)
+        self.fit_rows = int(fit_rows)  # chunks the directions were fitted on
 
     @classmethod
     def fit(cls, memories: np.ndarray, dim: int, seed: int = 0) -> Projection:
@@ -195,13 +196,13 @@ class Projection:
         mean = x.mean(axis=0)
         xt = torch.from_numpy(np.ascontiguousarray(x - mean, dtype=np.float32))
         q = min(dim, xt.shape[0])
-        basis = torch.svd_lowrank(xt, q=q, niter=4)[2][:, :q] if q > 0 else torch.zeros(xt.shape[1], 0)
+        basis = torch.svd_lowrank(xt, q=q, niter=2)[2][:, :q] if q > 0 else torch.zeros(xt.shape[1], 0)
         if q < dim:  # too few chunks yet: complete with random orthogonal directions
             gen = torch.Generator().manual_seed(seed)
             extra = torch.randn(xt.shape[1], dim - q, generator=gen)
             extra -= basis @ (basis.T @ extra)
             basis = torch.cat([basis, torch.linalg.qr(extra)[0]], dim=1)
-        return cls(mean, basis.numpy())
+        return cls(mean, basis.numpy(), len(memories))
 
     def docs(self, memories: np.ndarray) -> np.ndarray:
         """Projected document vectors ``[N, d]``."""
@@ -216,7 +217,7 @@ class Projection:
     def save(self, path: Path) -> None:
         """Write atomically to ``path`` (.npz)."""
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, mean=self.mean, basis=self.basis)
+        np.savez(tmp, mean=self.mean, basis=self.basis, fit_rows=np.array(self.fit_rows))
         os.replace(tmp, path)
 
     @classmethod
@@ -224,7 +225,7 @@ class Projection:
         """Read a projection saved by ``save``."""
         try:
             with np.load(path) as data:
-                return cls(data["mean"], data["basis"])
+                return cls(data["mean"], data["basis"], int(data["fit_rows"]))
         except (OSError, KeyError, ValueError) as err:
             msg = f"projection file {path} is damaged ({err}); re-index into a new --db folder"
             raise StoreError(msg) from err

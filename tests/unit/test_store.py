@@ -177,3 +177,29 @@ def test_foreign_collection_is_refused(tmp_path):
     client.create_collection("clara", embedding_function=None)
     with pytest.raises(StoreError, match="not made by clara-plugins"):
         ClaraStore(client=client).exists()
+
+
+def test_pca_projection_is_refitted_as_the_store_grows(tmp_path):
+    store = _open(tmp_path, layout="pca", ann_dim=32, candidates=20)
+    x = _vectors(200)
+    for start in range(0, 200, 10):  # small batches: the first fit sees only 10 chunks
+        store.add(_records(10, offset=start), x[start : start + 10])
+    assert store._current_projection().fit_rows >= 100
+    rng = np.random.default_rng(5)
+    for qi in range(5):
+        q = x[qi * 11] + 0.2 * rng.standard_normal(DIM).astype(np.float32)
+        assert [int(h.doc_id[1:]) for h in store.search(q[None], k=5)[0]] == _exact_top(q, x, 5)
+
+
+def test_pca_interrupted_refit_is_finished_on_open(tmp_path):
+    from clara_plugins.store_sidecar import Projection
+
+    store = _open(tmp_path, layout="pca", ann_dim=32)
+    x = _vectors(50)
+    store.add(_records(50), x)
+    folder = store._sidecar.folder
+    Projection.fit(x[:5], 32).save(folder / "projection.next.npz")  # the process died inside a refit
+    reopened = _open(tmp_path)
+    assert not (folder / "projection.next.npz").exists()
+    assert reopened._current_projection().fit_rows == 5
+    assert len(reopened.search(x[:1], k=3)[0]) == 3
