@@ -183,25 +183,18 @@ class ClaraChatModel(BaseChatModel):
             text = cut.feed(piece)
             if text:
                 emitted.append(text)
-                yield self._chunk(text, run_manager)
+                yield ChatGenerationChunk(message=AIMessageChunk(content=text))
             if cut.stopped:
-                break
+                break  # the model finishes in its own thread (holding its lock) and the rest is dropped
         tail = cut.flush()
         emitted.append(tail)
-        yield self._chunk(
-            tail,
-            run_manager,
+        last = AIMessageChunk(
+            content=tail,
             chunk_position="last",
             response_metadata=self._response_metadata(call),
             usage_metadata=self._usage(call, "".join(emitted)),
         )
-
-    @staticmethod
-    def _chunk(text: str, run_manager: CallbackManagerForLLMRun | None, **fields: Any) -> ChatGenerationChunk:
-        chunk = ChatGenerationChunk(message=AIMessageChunk(content=text, **fields))
-        if run_manager and text:
-            run_manager.on_llm_new_token(text, chunk=chunk)
-        return chunk
+        yield ChatGenerationChunk(message=last)  # BaseChatModel reports each chunk to the callbacks
 
     def _response_metadata(self, call: _Call) -> dict[str, Any]:
         sources = [{"id": ref.id, "doc_id": ref.doc_id, "start": ref.start, "end": ref.end} for ref in call.refs]

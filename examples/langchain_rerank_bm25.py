@@ -6,6 +6,9 @@ store reuse their stored memories; the others (here one passage that was never i
 fly. The chat model then answers from the best ones. Runs offline on the bundled tiny demo model:
 
     python examples/langchain_rerank_bm25.py
+
+Needs ``langchain-classic`` (for ``ContextualCompressionRetriever``) and ``rank-bm25`` besides the ``langchain``
+extra: ``pip install langchain-classic rank-bm25``.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
@@ -144,6 +145,23 @@ def test_stream_gives_the_invoke_answer(rag, chat, calls):
     assert [c.usage_metadata is not None for c in chunks].count(True) == 1
     assert len(calls["stream"]) == 1
     assert calls["stream"][0][0] == QUESTION
+
+
+class TokenCollector(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+
+    def on_llm_new_token(self, token: str, **kwargs) -> None:
+        self.tokens.append(token)
+
+
+def test_streaming_reports_tokens_to_callbacks(rag, chat):
+    collector = TokenCollector()
+    streaming = ClaraChatModel(rag=rag, max_tokens=MAX_TOKENS, streaming=True)
+    message = streaming.invoke(QUESTION, config={"callbacks": [collector]})
+    assert collector.tokens == [c.content for c in chat.stream(QUESTION)]  # each piece once, as streamed
+    assert "".join(collector.tokens) == message.content
+    assert message.content.strip() == chat.invoke(QUESTION).content
 
 
 async def test_async_and_batch_match_invoke(rag, chat):
