@@ -34,7 +34,7 @@ FORMAT_VERSION = 1
 # HNSW settings measured by bench/bench_store.py (recall@10 vs exact ranking >= 0.98; docs/store.md)
 DEFAULT_HNSW = {"ef_construction": 200, "ef_search": 256, "max_neighbors": 32}
 # the "pca" projection is refitted (on a sample of at most this many chunks) each time the store doubles past it
-REFIT_MAX_ROWS = 4096
+REFIT_MAX_ROWS = 2048
 
 
 @dataclass

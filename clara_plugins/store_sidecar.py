@@ -188,21 +188,24 @@ class Projection:
         self.fit_rows = int(fit_rows)  # chunks the directions were fitted on
 
     @classmethod
-    def fit(cls, memories: np.ndarray, dim: int, seed: int = 0) -> Projection:
-        """Principal directions of ``memories [N, D]`` (normalized rows), padded with random ones when N < dim."""
+    def fit(cls, memories: np.ndarray, dim: int) -> Projection:
+        """Top ``dim`` principal directions of ``memories [N, D]`` (normalized rows).
+
+        With fewer than ``dim`` chunks the directions they span are exact and the rest of the basis is zero (the
+        store refits as it grows, see ``ClaraStore``).
+        """
         import torch
 
         x = memories / np.maximum(np.linalg.norm(memories, axis=1, keepdims=True), 1e-12)
         mean = x.mean(axis=0)
-        xt = torch.from_numpy(np.ascontiguousarray(x - mean, dtype=np.float32))
-        q = min(dim, xt.shape[0])
-        basis = torch.svd_lowrank(xt, q=q, niter=2)[2][:, :q] if q > 0 else torch.zeros(xt.shape[1], 0)
-        if q < dim:  # too few chunks yet: complete with random orthogonal directions
-            gen = torch.Generator().manual_seed(seed)
-            extra = torch.randn(xt.shape[1], dim - q, generator=gen)
-            extra -= basis @ (basis.T @ extra)
-            basis = torch.cat([basis, torch.linalg.qr(extra)[0]], dim=1)
-        return cls(mean, basis.numpy(), len(memories))
+        xt = torch.from_numpy(np.ascontiguousarray(x - mean, dtype=np.float32))  # (N, D)
+        if xt.shape[0] <= dim:  # small: exact SVD of the short matrix
+            basis = torch.linalg.svd(xt, full_matrices=False)[2].T  # (D, N)
+        else:
+            basis = torch.svd_lowrank(xt, q=dim, niter=2)[2]  # (D, dim)
+        out = np.zeros((xt.shape[1], dim), dtype=np.float32)
+        out[:, : basis.shape[1]] = basis[:, :dim].numpy()
+        return cls(mean, out, len(memories))
 
     def docs(self, memories: np.ndarray) -> np.ndarray:
         """Projected document vectors ``[N, d]``."""

@@ -1,0 +1,300 @@
+"""Benchmark of the CLaRa store: indexing overhead vs the compressor, search latency and recall, disk per chunk.
+
+Parts (each prints a table and compares against its alternative in the same run):
+  tiny    real tiny model on SciFact abstracts: store time vs compressor time for N chunks (default 10k), search
+          p50/p95 with question encoding, recall@10 vs exact CLaRa ranking, disk per chunk vs fp16 memories;
+          then grows the same store to --grow chunks (default 100k) with memories derived from the real ones and
+          measures search again (with an ef_search sweep).
+  wide    65,536-d memories (7B at compression 16) on synthetic low-rank data: "pca" layout (fp16 sidecar +
+          256-d projection in Chroma + exact re-rank) vs the "full" layout (whole vectors in Chroma).
+
+Usage:  python bench/bench_store.py --part tiny [--chunks 10000] [--grow 100000]
+        python bench/bench_store.py --part wide [--wide-chunks 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clara_plugins.rag import ClaraRAG
+from clara_plugins.store import ChunkRecord, ClaraStore
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FP16 = 2
+
+
+def load_model(name: str):
+    """``from_pretrained(name)``; for "tiny" without the bundled asset, the same tiny shape as tests/conftest.py."""
+    from clara_plugins.errors import CheckpointError
+    from clara_plugins.model import ClaraModel
+
+    try:
+        return ClaraModel.from_pretrained(name)
+    except CheckpointError:
+        if name != "tiny":
+            raise
+        from clara_plugins.tiny import build_tiny_clara
+
+        rows = [json.loads(line)["docs"][0] for line in (DATA / "clara_example" / "pretrain_data.jsonl").open()]
+        kw = {"vocab_size": 1000, "hidden_size": 64, "num_layers": 2, "doc_max_length": 64, "compr_rate": 16}
+        print("(bundled tiny model missing: using build_tiny_clara with the test fixture's shape)")
+        return build_tiny_clara(texts=rows[:300], seed=0, **kw)
+
+
+def disk_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1e3, q))
+
+
+def recall_at(found: list[list[str]], exact: list[list[str]], k: int = 10) -> float:
+    return float(np.mean([len(set(f[:k]) & set(e[:k])) / k for f, e in zip(found, exact)]))
+
+
+def table(title: str, rows: list[tuple[str, str, str]]) -> None:
+    print(f"\n{title}")
+    print(f"| {'metric':<58} | {'value':>14} | {'goal':>10} |")
+    print(f"|{'-' * 60}|{'-' * 16}|{'-' * 12}|")
+    for name, value, goal in rows:
+        print(f"| {name:<58} | {value:>14} | {goal:>10} |")
+    sys.stdout.flush()
+
+
+def scifact_docs(model, n_chunks: int) -> list[dict]:
+    """SciFact abstracts until their chunks reach ``n_chunks``."""
+    docs, total = [], 0
+    with (DATA / "scifact" / "corpus.jsonl").open() as f:
+        for line in f:
+            row = json.loads(line)
+            text = (row["title"] + ". " + row["text"]).strip()
+            docs.append({"id": row["_id"], "text": text, "metadata": {"title": row["title"][:200]}})
+            total += len(model.chunk(text))
+            if total >= n_chunks:
+                break
+    return docs
+
+
+def questions(n: int) -> list[str]:
+    with (DATA / "scifact" / "queries.jsonl").open() as f:
+        return [json.loads(line)["text"] for _, line in zip(range(n), f)]
+
+
+def all_memories(store: ClaraStore) -> tuple[list[str], torch.Tensor]:
+    ids = store._collection().get(include=[])["ids"]
+    return ids, torch.from_numpy(store.get_memories(ids))
+
+
+def search_rows(rag: ClaraRAG, qs: list[str], label: str, k: int = 10) -> list[tuple[str, str, str]]:
+    """Latency of encode + search per question, and recall@k vs exact brute-force ranking over every memory."""
+    ids, mems = all_memories(rag.store)
+    times, found = [], []
+    for q in qs:
+        t0 = time.perf_counter()
+        hits = rag.search(q, k=k)
+        times.append(time.perf_counter() - t0)
+        found.append([h.id for h in hits])
+    qv = rag.model.encode_query(qs)
+    t0 = time.perf_counter()
+    _, idx = rag.model.rank(qv, mems, k)
+    brute = (time.perf_counter() - t0) / len(qs)
+    exact = [[ids[i] for i in row] for row in idx.tolist()]
+    enc = []
+    for q in qs[:50]:
+        t0 = time.perf_counter()
+        rag.model.encode_query([q])
+        enc.append(time.perf_counter() - t0)
+    return [
+        (f"{label}: search p50 incl. question encoding (ms)", f"{pct(times, 50):.2f}", "<= 25"),
+        (f"{label}: search p95 incl. question encoding (ms)", f"{pct(times, 95):.2f}", ""),
+        (f"{label}: question encoding alone p50 (ms)", f"{pct(enc, 50):.2f}", ""),
+        (f"{label}: exact brute-force ranking per question (ms)", f"{brute * 1e3:.2f}", ""),
+        (f"{label}: recall@{k} vs exact CLaRa ranking", f"{recall_at(found, exact, k):.4f}", ">= 0.98"),
+    ]
+
+
+def synthetic_records(texts: list[str], start: int, n: int) -> list[ChunkRecord]:
+    out = []
+    for i in range(start, start + n):
+        text = texts[i % len(texts)]
+        out.append(ChunkRecord(f"syn{i}#0", text, f"syn{i}", 0, len(text), 0, 1, f"d{i}", f"s{i}", {"kind": "syn"}))
+    return out
+
+
+def part_tiny(args: argparse.Namespace, root: Path) -> None:
+    model = load_model(args.model)
+    docs = scifact_docs(model, args.chunks)
+    rag = ClaraRAG(model, ClaraStore(path=root / "tiny"))
+    t0 = time.perf_counter()
+    res = rag.index(docs, batch_size=64, show_progress=False)
+    wall = time.perf_counter() - t0
+    n = rag.store.count()
+    disk = disk_bytes(root / "tiny")
+    ids, mems = all_memories(rag.store)
+    # the alternative in the same run: a bare Chroma collection given the same vectors and texts, nothing else
+    bare = ClaraStore(path=root / "bare", collection="bare")
+    bare.bind("bare", model.memory_dim, model.n_mem, model.hidden_size, "bare")
+    recs = [r for r in rag.store.get_records(ids).values()]
+    t1 = time.perf_counter()
+    bare._collection().add(ids=ids, embeddings=mems.flatten(1).numpy(), documents=[r.text for r in recs])
+    bare_s = time.perf_counter() - t1
+    rows = [
+        (f"chunks indexed ({len(docs)} SciFact abstracts)", f"{n}", ""),
+        ("compressor time (s)", f"{res.compress_s:.1f}", ""),
+        ("store time: lookups + Chroma writes (s)", f"{res.store_s:.1f}", ""),
+        ("chunking time (s)", f"{res.chunk_s:.1f}", ""),
+        ("whole index() wall time (s)", f"{wall:.1f}", ""),
+        ("store overhead / compressor time", f"{res.store_s / res.compress_s:.3f}", "<= 1.25"),
+        ("bare Chroma add of the same vectors+texts (s)", f"{bare_s:.1f}", ""),
+        ("disk bytes per chunk, all files", f"{disk / n:.0f}", ""),
+        ("fp16 bytes of one memory", f"{model.memory_dim * FP16}", ""),
+        ("disk per chunk / fp16 memory", f"{disk / n / (model.memory_dim * FP16):.2f}", "<= 1.3"),
+        ("  of which chunk text bytes per chunk", f"{np.mean([len(r.text.encode()) for r in recs]):.0f}", ""),
+    ]
+    rows += search_rows(rag, questions(args.queries), f"{n // 1000}k")
+    table(f"tiny model ({model.memory_dim}-d memories), {n} real chunks", rows)
+    if args.grow > n:
+        grow(rag, mems.flatten(1).numpy(), [r.text for r in recs], args)
+
+
+def grow(rag: ClaraRAG, real: np.ndarray, texts: list[str], args: argparse.Namespace) -> None:
+    """Add memories derived from the real ones (r_i + 0.5 (r_j - r_k) + noise) up to ``args.grow`` chunks."""
+    rng = np.random.default_rng(0)
+    std = real.std(axis=0)
+    n0 = rag.store.count()
+    t0 = time.perf_counter()
+    for start in range(n0, args.grow, 5000):
+        m = min(5000, args.grow - start)
+        i, j, k = rng.integers(0, len(real), (3, m))
+        x = real[i] + 0.5 * (real[j] - real[k]) + 0.1 * std * rng.standard_normal((m, real.shape[1]))
+        rag.store.add(synthetic_records(texts, start, m), x.astype(np.float32))
+    add_s = time.perf_counter() - t0
+    n = rag.store.count()
+    rows = [(f"store.add of {n - n0} derived chunks, per chunk (ms)", f"{add_s / (n - n0) * 1e3:.3f}", "")]
+    rows += search_rows(rag, questions(args.queries), f"{n // 1000}k ef_search=256")
+    col = rag.store._collection()
+    for ef in args.ef_sweep:
+        col.modify(configuration={"hnsw": {"ef_search": ef}})
+        rows += [
+            r
+            for r in search_rows(rag, questions(args.queries), f"{n // 1000}k ef_search={ef}")
+            if "recall" in r[0] or "p50 incl" in r[0]
+        ]
+    col.modify(configuration={"hnsw": {"ef_search": 256}})
+    table(f"tiny width, grown to {n} chunks", rows)
+
+
+def wide_data(n: int, dim: int, seed: int, rank: int = 128):
+    """Low-rank + common direction + noise memories (hidden states are anisotropic), generated in blocks."""
+    rng = np.random.default_rng(seed)
+    mu = rng.standard_normal(dim).astype(np.float32)
+    basis = (rng.standard_normal((rank, dim)) / np.sqrt(rank)).astype(np.float32)
+    scale = np.linspace(2, 0.2, rank, dtype=np.float32)
+
+    def block(m: int, rng=rng) -> tuple[np.ndarray, np.ndarray]:
+        z = rng.standard_normal((m, rank)).astype(np.float32) * scale
+        return z, 2.0 * mu + z @ basis + 0.5 * rng.standard_normal((m, dim)).astype(np.float32)
+
+    def query(z: np.ndarray, rng=rng) -> np.ndarray:
+        zq = z + 0.5 * rng.standard_normal(z.shape).astype(np.float32)
+        return 2.0 * mu + zq @ basis + 0.5 * rng.standard_normal((len(z), dim)).astype(np.float32)
+
+    return block, query
+
+
+def part_wide(args: argparse.Namespace, root: Path) -> None:
+    dim, n, n_mem = 65536, args.wide_chunks, 16
+    block, query = wide_data(n, dim, 0)
+    store = ClaraStore(path=root / "wide", layout="pca")
+    store.bind("wide-synthetic", dim, n_mem, dim // n_mem, "synthetic-65536")
+    text = "x" * 1000  # about one 256-token chunk of text
+    zs, add_s, gen_s = [], 0.0, 0.0
+    for start in range(0, n, 64):  # 64 chunks per add, as ClaraRAG.index writes them
+        t0 = time.perf_counter()
+        z, x = block(min(64, n - start))
+        gen_s += time.perf_counter() - t0
+        zs.append(z)
+        t0 = time.perf_counter()
+        store.add(synthetic_records([text], start, len(x)), x)
+        add_s += time.perf_counter() - t0
+    disk = disk_bytes(root / "wide")
+    z = np.concatenate(zs)
+    qidx = np.random.default_rng(1).integers(0, n, args.queries)
+    qv = query(z[qidx])
+    times, found = [], []
+    for q in qv:
+        t0 = time.perf_counter()
+        found.append([h.id for h in store.search(q[None], k=10)[0]])
+        times.append(time.perf_counter() - t0)
+    ids = store._collection().get(include=[])["ids"]
+    qn = torch.nn.functional.normalize(torch.from_numpy(qv), dim=1)
+    scores = torch.zeros(len(qv), len(ids))
+    for s in range(0, len(ids), 1024):  # exact fp32 cosine over the fp16 rows that the store keeps
+        m = torch.from_numpy(store.get_memories(ids[s : s + 1024]))
+        scores[:, s : s + 1024] = qn @ torch.nn.functional.normalize(m, dim=1).T
+    exact = [[ids[i] for i in row] for row in scores.topk(10, dim=1).indices.tolist()]
+    # the alternative: whole 65,536-d vectors in Chroma ("full" layout), on a small sample
+    full = ClaraStore(path=root / "wide-full", layout="full")
+    full.bind("wide-synthetic", dim, n_mem, dim // n_mem, "synthetic-65536")
+    _, x = block(args.full_sample)
+    t0 = time.perf_counter()
+    full.add(synthetic_records([text], 0, len(x)), x)
+    full_s = (time.perf_counter() - t0) / len(x)
+    full_disk = disk_bytes(root / "wide-full") / len(x)
+    est_ms = 2 * 7.24e9 * (256 + 3 + n_mem) / 400e12 * 1e3  # forward FLOPs of one chunk at 400 TFLOP/s (H100 bf16)
+    per = add_s / n * 1e3
+    table(
+        f"65,536-d memories (7B, compression 16), {n} synthetic chunks, pca layout",
+        [
+            ("pca layout: store time per chunk, refits included (ms)", f"{per:.2f}", ""),
+            ("full layout (whole vectors in Chroma): time per chunk (ms)", f"{full_s * 1e3:.2f}", ""),
+            ("7B compressor per chunk, ESTIMATE: FLOPs at 400 TFLOP/s (ms)", f"{est_ms:.1f}", ""),
+            ("pca store overhead / estimated compressor time", f"{per / est_ms:.2f}", "<= 2"),
+            ("full layout overhead / estimated compressor time", f"{full_s * 1e3 / est_ms:.2f}", "<= 2"),
+            ("pca search p50, store only (ms)", f"{pct(times, 50):.2f}", ""),
+            ("pca search p95, store only (ms)", f"{pct(times, 95):.2f}", ""),
+            ("recall@10 vs exact CLaRa ranking", f"{recall_at(found, exact):.4f}", ">= 0.98"),
+            ("pca disk per chunk / fp16 memory, all files", f"{disk / n / (dim * FP16):.3f}", "<= 1.3"),
+            ("full layout disk per chunk / fp16 memory", f"{full_disk / (dim * FP16):.3f}", "<= 1.3"),
+            ("synthetic data generation, excluded (s)", f"{gen_s:.1f}", ""),
+        ],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["tiny", "wide", "all"], default="all")
+    parser.add_argument("--model", default="tiny", help="model for the tiny part")
+    parser.add_argument("--chunks", type=int, default=10000, help="real chunks indexed with the model")
+    parser.add_argument("--grow", type=int, default=100000, help="grow the tiny store to this many chunks")
+    parser.add_argument("--queries", type=int, default=200, help="questions timed")
+    parser.add_argument("--ef-sweep", type=int, nargs="*", default=[50, 100], help="other ef_search values")
+    parser.add_argument("--wide-chunks", type=int, default=10000, help="65,536-d chunks in the wide part")
+    parser.add_argument("--full-sample", type=int, default=300, help="65,536-d chunks put whole into Chroma")
+    parser.add_argument("--dir", default=None, help="work folder (default: a temporary one, removed after)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # no per-question truncation warnings in the table
+    root = Path(args.dir or tempfile.mkdtemp(prefix="bench-store-"))
+    try:
+        if args.part in ("tiny", "all"):
+            part_tiny(args, root)
+        if args.part in ("wide", "all"):
+            part_wide(args, root)
+    finally:
+        if args.dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
