@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -74,7 +75,9 @@ def _accelerator(config: TrainConfig) -> Accelerator:
         from accelerate import Accelerator
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise MissingExtraError("accelerate", "train") from err
-    return Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no")
+    # several processes (torchrun / `accelerate launch --multi_gpu`) without CUDA: data-parallel on CPU with gloo
+    cpu_parallel = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return Accelerator(cpu=cpu_parallel, mixed_precision="bf16" if config.precision == "bf16" else "no")
 
 
 def seed_everything(seed: int) -> None:
@@ -180,7 +183,9 @@ class Trainer:
         steps = total_steps(cfg, len(self.rows), acc.num_processes)
         optimizer = make_optimizer(cfg, self.params)
         scheduler = make_scheduler(cfg, optimizer, steps)
-        module, optimizer, scheduler = acc.prepare(StageModule(self.model, self.stage), optimizer, scheduler)
+        # the scheduler stays outside accelerate: our steps are already global (accelerate would step it once per
+        # process), so P processes follow exactly the one-process learning-rate curve
+        module, optimizer = acc.prepare(StageModule(self.model, self.stage), optimizer)
         self.optimizer, self.scheduler = optimizer, scheduler
         if cfg.resume_from:
             self.load_checkpoint(self._resolve_resume(cfg.resume_from))
