@@ -125,6 +125,26 @@ def validate_metadata(metadata: Any, where: str) -> dict[str, Any]:
     return dict(metadata)
 
 
+def _open_client(path: str | Path | None) -> Any:
+    """A PersistentClient on ``path`` (EphemeralClient when None); a damaged folder becomes a StoreError."""
+    import chromadb
+    from chromadb.errors import ChromaError
+
+    if path is None:
+        return chromadb.EphemeralClient()
+    if Path(path).exists() and not Path(path).is_dir():
+        msg = f"store path {str(path)!r} is a file, not a folder"
+        raise StoreError(msg)
+    try:
+        return chromadb.PersistentClient(path=str(path))
+    except (ChromaError, OSError, ValueError) as err:
+        msg = (
+            f"cannot open the Chroma store in {str(path)!r} ({err}): the folder is damaged or was written by an "
+            "incompatible chromadb version; restore it from a backup or re-index into a new folder"
+        )
+        raise StoreError(msg) from err
+
+
 def _client_folder(client: Any) -> Path | None:
     """The folder of a local persistent client, else None (server or in-memory client)."""
     try:
@@ -169,10 +189,8 @@ class ClaraStore:
         memory_dtype: str = "float16",
         layout: str = "auto",
     ) -> None:
-        import chromadb
-
         if client is None:
-            client = chromadb.PersistentClient(path=str(path)) if path is not None else chromadb.EphemeralClient()
+            client = _open_client(path)
         self.client = client
         self.name = collection
         self.path = Path(path) if path is not None else _client_folder(client)

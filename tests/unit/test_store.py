@@ -203,3 +203,14 @@ def test_pca_interrupted_refit_is_finished_on_open(tmp_path):
     assert not (folder / "projection.next.npz").exists()
     assert reopened._current_projection().fit_rows == 5
     assert len(reopened.search(x[:1], k=3)[0]) == 3
+
+
+def test_damaged_chroma_folder_is_a_store_error(tmp_path):
+    folder = tmp_path / "db"
+    folder.mkdir()
+    (folder / "chroma.sqlite3").write_bytes(b"not a database" * 100)
+    with pytest.raises(StoreError, match="damaged"):
+        ClaraStore(path=folder)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="is a file"):
+        ClaraStore(path=tmp_path / "file")
