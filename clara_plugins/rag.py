@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import logging
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,12 +106,12 @@ class ClaraRAG:
 
     Args:
         model: A loaded :class:`~clara_plugins.model.ClaraModel`.
-        store: The store; default an in-memory Chroma collection.
+        store: The store; default a new in-memory Chroma collection of its own.
     """
 
     def __init__(self, model: Any, store: ClaraStore | None = None) -> None:
         self.model = model
-        self.store = store if store is not None else ClaraStore()
+        self.store = store if store is not None else ClaraStore(collection=f"clara-{uuid.uuid4().hex[:12]}")
         self.store.bind(model.fingerprint, model.memory_dim, model.n_mem, model.hidden_size, model.source)
         self.last_index: IndexResult | None = None
 
