@@ -29,7 +29,7 @@ QA_PROMPT = (
     "Question: <question>\nAnswer: <short answer>\n\nDocument:\n{document}\n"
 )
 PARAPHRASE_PROMPT = "Paraphrase the following document, keeping every fact and changing the wording:\n\n{document}\n"
-_PAIR = re.compile(r"Question:\s*(?P<q>.+?)\s*\n\s*Answer:\s*(?P<a>.+?)\s*(?=\n\s*Question:|\Z)", re.S)
+_PAIR = re.compile(r"Question:[ \t]*(?P<q>[^\n]+?)[ \t]*\n[ \t]*Answer:[ \t]*(?P<a>[^\n]+)")
 
 
 def call_llm(llm: Any, prompt: str) -> str:
@@ -47,7 +47,7 @@ def call_llm(llm: Any, prompt: str) -> str:
 
 
 def parse_qa_pairs(text: str) -> list[tuple[str, str]]:
-    """``(question, answer)`` pairs from ``Question: ...\\nAnswer: ...`` text; malformed pieces are skipped."""
+    """``(question, answer)`` pairs from ``Question: ...\\nAnswer: ...`` lines (one line each); the rest is ignored."""
     return [(m["q"].strip(), m["a"].strip()) for m in _PAIR.finditer(text) if m["q"].strip() and m["a"].strip()]
 
 
