@@ -41,7 +41,7 @@ def main() -> None:
         rag.index(
             [r["text"] for r in records],
             ids=[r["id"] for r in records],
-            metadatas=[{"title": r["text"].split(".")[0]} for r in records],
+            metadatas=[{"title": r.get("title") or r["text"][:40]} for r in records],
             show_progress=False,
         )
 
