@@ -175,8 +175,22 @@ async def test_llm_async(rag):
     assert "".join(pieces).strip() == sync
 
 
+def test_synthesizer_called_with_text_chunks_compresses_them(rag, calls):
+    # LlamaIndex code that calls get_response directly hands over text only: it is compressed, not pasted
+    synthesizer = ClaraSynthesizer(rag=rag, max_new_tokens=MAX_NEW)
+    text = "Vienna is the capital of Austria."
+    answer = synthesizer.get_response(QUESTION, [text])
+    assert calls["compress"] == [[text]]
+    assert calls["generate"] == [[QUESTION]]
+    assert answer == rag.model.generate([QUESTION], [rag.model.compress([text])], max_new_tokens=MAX_NEW)[0]
+
+
 def test_synthesizer_refuses_a_text_llm(rag):
     with pytest.raises(InputError, match="must be a ClaraLLM"):
         ClaraSynthesizer(llm=MockEmbedding(embed_dim=2))
     with pytest.raises(InputError, match="needs llm"):
         ClaraSynthesizer()
+    with pytest.raises(InputError, match="set it on the llm"):
+        ClaraSynthesizer(llm=ClaraLLM(rag=rag), max_new_tokens=5)
+    with pytest.raises(InputError, match="needs a user message"):
+        ClaraLLM(rag=rag).chat([ChatMessage(role="system", content="context only")])
