@@ -12,8 +12,8 @@ Phases (each a call of ``clara_plugins.training.train`` except phase 0):
      straight-through top-k over 20 candidates (gold + 19 BM25-mined); no relevance labels are used;
   baselines: the supervised InfoNCE query reasoner (same start, uses the labels) and BM25 on the same candidates.
 
-Run: ``python examples/domain_adaptation/tiny_from_scratch.py --out runs/tiny_from_scratch`` (about 15 minutes on
-2 CPU cores with the defaults). ``--help`` lists the knobs.
+Run: ``python examples/domain_adaptation/tiny_from_scratch.py --out runs/tiny_from_scratch``
+(docs/training.md reports the table and the time on 2 CPU cores). ``--help`` lists the knobs.
 """
 
 from __future__ import annotations
@@ -50,22 +50,22 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default="runs/tiny_from_scratch", help="output folder (metrics, plots, models)")
     p.add_argument("--passages", type=int, default=400, help="passages used")
     p.add_argument("--held-out", type=int, default=2, help="QA pairs held out per passage")
-    p.add_argument("--doc-chars", type=int, default=500, help="passages are cut to this many characters")
-    p.add_argument("--vocab", type=int, default=3000)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--doc-chars", type=int, default=400, help="passages are cut to this many characters")
+    p.add_argument("--vocab", type=int, default=2000)
+    p.add_argument("--hidden", type=int, default=96)
+    p.add_argument("--layers", type=int, default=3)
     p.add_argument("--n-mem", type=int, default=8, help="memory vectors per document")
     p.add_argument(
         "--steps",
         type=int,
         nargs=5,
-        default=[800, 300, 300, 150, 150],
+        default=[400, 250, 250, 150, 150],
         metavar=("LM", "S1", "S2", "S3", "RET"),
         help="optimiser steps of phase 0, stage 1, stage 2, stage 3 and the InfoNCE baseline",
     )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--candidates", type=int, default=20, help="stage-3 candidates per question")
-    p.add_argument("--eval-questions", type=int, default=200, help="held-out questions evaluated")
+    p.add_argument("--eval-questions", type=int, default=150, help="held-out questions evaluated")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return p.parse_args()
@@ -118,7 +118,7 @@ def pretrain_base(args: argparse.Namespace, train_rows: list[Stage1Row], docs: l
     tokenizer.pad_token = tokenizer.bos_token  # pad = bos, as CLaRa does
     for step in range(args.steps[0]):
         batch = tokenizer(
-            rng.sample(texts, args.batch), return_tensors="pt", padding=True, truncation=True, max_length=192
+            rng.sample(texts, args.batch), return_tensors="pt", padding=True, truncation=True, max_length=128
         )
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         loss = base(**batch, labels=labels).loss
