@@ -145,9 +145,16 @@ def part_tiny(args: argparse.Namespace, root: Path) -> None:
     # the alternative in the same run: a bare Chroma collection given the same vectors and texts, nothing else
     bare = ClaraStore(path=root / "bare", collection="bare")
     bare.bind("bare", model.memory_dim, model.n_mem, model.hidden_size, "bare")
-    recs = [r for r in rag.store.get_records(ids).values()]
+    by_id = rag.store.get_records(ids)
+    recs = [by_id[i] for i in ids]
+    flat = mems.flatten(1).numpy()
     t1 = time.perf_counter()
-    bare._collection().add(ids=ids, embeddings=mems.flatten(1).numpy(), documents=[r.text for r in recs])
+    for s in range(0, n, bare.max_batch):
+        bare._collection().add(
+            ids=ids[s : s + bare.max_batch],
+            embeddings=flat[s : s + bare.max_batch],
+            documents=[r.text for r in recs[s : s + bare.max_batch]],
+        )
     bare_s = time.perf_counter() - t1
     rows = [
         (f"chunks indexed ({len(docs)} SciFact abstracts)", f"{n}", ""),

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from clara_plugins.errors import InputError, ModelMismatchError, StoreError
-from clara_plugins.store_sidecar import Projection, SidecarMemories
+from clara_plugins.store_sidecar import Projection, SidecarMemories, torch_float
 
 logger = logging.getLogger(__name__)
 
@@ -456,22 +456,22 @@ class ClaraStore:
         return self._search_pca(col, q, k, n, where)
 
     def _search_pca(self, col: Any, q: np.ndarray, k: int, n: int, where: dict | None) -> list[list[Hit]]:
+        """ANN over the projection for candidates, then exact fp32 cosine over their full memories."""
+        import torch.nn.functional as F
+
         assert self._sidecar is not None
         projection = self._current_projection()
         n_cand = min(max(self.candidates, 4 * k), n)
-        res = col.query(
-            query_embeddings=projection.queries(q),
-            n_results=n_cand,
-            where=where,
-            include=["documents", "metadatas"],
-        )
+        res = col.query(query_embeddings=projection.queries(q), n_results=n_cand, where=where, include=["metadatas"])
         out = []
-        for qi, (ids, docs, metas) in enumerate(zip(res["ids"], res["documents"], res["metadatas"])):
-            mems = self._sidecar.read([int(m["clara_row"]) for m in metas])  # (C, D) exact re-rank
-            qn = q[qi] / max(float(np.linalg.norm(q[qi])), 1e-12)
-            scores = (mems @ qn) / np.maximum(np.linalg.norm(mems, axis=1), 1e-12)
-            top = np.argsort(-scores, kind="stable")[:k]
-            out.append([_hit(ids[i], docs[i], metas[i], float(scores[i])) for i in top])
+        for qi, (ids, metas) in enumerate(zip(res["ids"], res["metadatas"])):
+            mems = torch_float(self._sidecar.read_raw([int(m["clara_row"]) for m in metas]))  # (C, D)
+            scores = (mems @ F.normalize(torch_float(q[qi]), dim=0)) / mems.norm(dim=1).clamp_min(1e-12)  # (C,)
+            top = scores.argsort(descending=True, stable=True)[:k].tolist()
+            texts = dict(
+                zip(*[col.get(ids=[ids[i] for i in top], include=["documents"])[key] for key in ("ids", "documents")])
+            )
+            out.append([_hit(ids[i], texts.get(ids[i], ""), metas[i], float(scores[i])) for i in top])
         return out
 
     # ------------------------------------------------------------------ writing

@@ -156,9 +156,13 @@ class SidecarMemories:
     # ---- reading -----------------------------------------------------------------------------------------
     def read(self, rows: np.ndarray | list[int]) -> np.ndarray:
         """Rows as a float32 array ``[len(rows), dim]``."""
+        return np.asarray(self.read_raw(rows), dtype=np.float32)
+
+    def read_raw(self, rows: np.ndarray | list[int]) -> np.ndarray:
+        """Rows in the file's dtype ``[len(rows), dim]``."""
         idx = np.asarray(rows, dtype=np.int64)
         if idx.size == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=self.dtype)
         with self._lock:
             if self._map is None or self._map.shape[0] <= int(idx.max()):
                 n = self.file_rows()
@@ -167,11 +171,18 @@ class SidecarMemories:
                     raise StoreError(msg)
                 self._map = np.memmap(self.data_path, dtype=self.dtype, mode="r", shape=(n, self.dim))
             view = self._map
-        return np.asarray(view[idx], dtype=np.float32)
+        return view[idx]
 
     def nbytes(self) -> int:
         """Bytes on disk of every file in the folder."""
         return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+
+
+def torch_float(array: np.ndarray):
+    """A float32 torch tensor over (or converted from) a numpy array."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array)).float()
 
 
 class Projection:
@@ -183,9 +194,13 @@ class Projection:
     """
 
     def __init__(self, mean: np.ndarray, basis: np.ndarray, fit_rows: int) -> None:
-        self.mean = mean.astype(np.float32)  # (D,)
-        self.basis = basis.astype(np.float32)  # (D, d)
+        import torch
+
+        self.mean = np.ascontiguousarray(mean, dtype=np.float32)  # (D,)
+        self.basis = np.ascontiguousarray(basis, dtype=np.float32)  # (D, d)
         self.fit_rows = int(fit_rows)  # chunks the directions were fitted on
+        # the math runs in torch: one thread pool with the model's (numpy's BLAS pool next to torch's can stall)
+        self._mean_t, self._basis_t = torch.from_numpy(self.mean), torch.from_numpy(self.basis)
 
     @classmethod
     def fit(cls, memories: np.ndarray, dim: int) -> Projection:
@@ -209,13 +224,16 @@ class Projection:
 
     def docs(self, memories: np.ndarray) -> np.ndarray:
         """Projected document vectors ``[N, d]``."""
-        x = memories / np.maximum(np.linalg.norm(memories, axis=1, keepdims=True), 1e-12)
-        return (x - self.mean) @ self.basis
+        import torch.nn.functional as F
+
+        x = F.normalize(torch_float(memories), dim=1)
+        return ((x - self._mean_t) @ self._basis_t).numpy()
 
     def queries(self, queries: np.ndarray) -> np.ndarray:
         """Projected query vectors ``[B, d]`` (unit norm: only their direction matters for ranking)."""
-        y = queries @ self.basis
-        return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+        import torch.nn.functional as F
+
+        return F.normalize(torch_float(queries) @ self._basis_t, dim=1).numpy()
 
     def save(self, path: Path) -> None:
         """Write atomically to ``path`` (.npz)."""
