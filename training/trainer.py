@@ -75,9 +75,16 @@ def _accelerator(config: TrainConfig) -> Accelerator:
         from accelerate import Accelerator
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise MissingExtraError("accelerate", "train") from err
+    from accelerate.state import AcceleratorState
+
+    precision = "bf16" if config.precision == "bf16" else "no"
+    # accelerate keeps one process-wide state; a later run in the same Python process (stage 1 in fp32, then stage 2
+    # in bf16) may ask for another precision, so forget the old choice (the process group itself is kept)
+    if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
     # several processes (torchrun / `accelerate launch --multi_gpu`) without CUDA: data-parallel on CPU with gloo
     cpu_parallel = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    return Accelerator(cpu=cpu_parallel, mixed_precision="bf16" if config.precision == "bf16" else "no")
+    return Accelerator(cpu=cpu_parallel, mixed_precision=precision)
 
 
 def seed_everything(seed: int) -> None:

@@ -166,3 +166,25 @@ def test_resume_continues_identically(fresh_tiny_model, qa_rows, tmp_path) -> No
     a, b = _snapshot(full), _snapshot(resumed)
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert _losses(_config(tmp_path / "a", "2"))[3:] == _losses(_config(tmp_path / "b", "2"))
+
+
+def test_gradient_checkpointing_gives_the_same_update(fresh_tiny_model, qa_rows, tmp_path) -> None:
+    import copy
+
+    other = copy.deepcopy(fresh_tiny_model)
+    a = train(_config(tmp_path / "a", "2", max_steps=1), fresh_tiny_model, rows=qa_rows)
+    b = train(_config(tmp_path / "b", "2", max_steps=1, gradient_checkpointing=True), other, rows=qa_rows)
+    sa, sb = _snapshot(a), _snapshot(b)
+    for name in sa:
+        torch.testing.assert_close(sa[name], sb[name], rtol=1e-4, atol=1e-6)
+    assert not b.base_lm.is_gradient_checkpointing  # switched off again after the run
+
+
+def test_bf16_run_with_held_out_metrics(fresh_tiny_model, qa_rows, tmp_path) -> None:
+    cfg = _config(tmp_path, "3", max_steps=2, precision="bf16", eval_every=1, eval_generate=True, max_new_tokens=3)
+    train(cfg, fresh_tiny_model, rows=qa_rows, eval_rows=qa_rows[:3])
+    records = [json.loads(x) for x in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if "loss" in r)
+    final = records[-1]
+    assert {"eval_loss", "eval_recall@1", "eval_recall@5", "eval_ndcg@10", "eval_f1", "eval_em"} <= set(final)
+    assert fresh_tiny_model.dtype == torch.float32  # autocast, weights stay fp32
