@@ -20,6 +20,7 @@ from clara_plugins.tiny import build_tiny_clara
 from clara_plugins.training.config import TrainConfig
 from clara_plugins.training.data import QARow
 from clara_plugins.training.stages import make_stage
+from clara_plugins.training.trainer import adapter_recompute_context
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "clara_example" / "pretrain_data.jsonl"
 
@@ -40,7 +41,8 @@ def time_steps(model, stage_name: str, data: list[QARow], steps: int, batch: int
     params = stage.prepare(model)
     opt = torch.optim.AdamW([p for _, p in params], lr=1e-4)
     if ckpt:
-        model.base_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False, "context_fn": adapter_recompute_context(model)}
+        model.base_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.peft_model.train()
     start = None
     for step in range(steps + 1):  # step 0 warms up (and fills the cache)

@@ -53,7 +53,8 @@ class TrainConfig:
         eval_max_examples: at most this many held-out rows are evaluated (loss, recall, answers).
         eval_generate: also generate answers on held-out rows and log EM / F1 / cover-EM.
         max_new_tokens: generation length for that evaluation.
-        freeze_dropout: turn dropout off during training (exact comparisons across process counts).
+        freeze_dropout: set every dropout probability to 0 while training (exact comparisons across process
+            counts); the model stays in train mode, so gradient checkpointing still applies.
         log_every: log the running training loss every this many steps.
         eval_every: evaluate on ``eval_file`` every this many steps (0: only at the end).
         save_every: write a checkpoint every this many steps (0: only the final model).

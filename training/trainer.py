@@ -87,6 +87,19 @@ def _accelerator(config: TrainConfig) -> Accelerator:
     return Accelerator(cpu=cpu_parallel, mixed_precision=precision)
 
 
+def adapter_recompute_context(model: ClaraModel) -> Any:
+    """``context_fn`` for non-reentrant checkpointing: recompute each layer with the adapter it ran with.
+
+    One forward pass may use two adapters (compressor, then generator); backward recomputes the compressor's layers
+    after the generator ran, and without this they would be recomputed with the generator adapter (wrong gradients).
+    """
+
+    def context_fn() -> tuple[Any, Any]:
+        return nullcontext(), model.use_role(model.peft_model.active_adapter)
+
+    return context_fn
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch."""
     random.seed(seed)
@@ -184,8 +197,12 @@ class Trainer:
         # 1. what trains: adapters (and stage 1's memory rows); everything else frozen
         self.params = self.stage.prepare(self.model)
         if cfg.gradient_checkpointing:
-            self.model.base_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.model.peft_model.train(not cfg.freeze_dropout)
+            kwargs = {"use_reentrant": False, "context_fn": adapter_recompute_context(self.model)}
+            self.model.base_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.model.peft_model.train()  # train mode (gradient checkpointing only acts in it); dropout below
+        self._dropouts = [(m, m.p) for m in self.model.peft_model.modules() if isinstance(m, torch.nn.Dropout)]
+        for m, _ in self._dropouts if cfg.freeze_dropout else []:
+            m.p = 0.0
         # 2. optimiser, schedule, distributed wrapping
         steps = total_steps(cfg, len(self.rows), acc.num_processes)
         optimizer = make_optimizer(cfg, self.params)
@@ -236,6 +253,8 @@ class Trainer:
         # 4. final evaluation, model in our format, plot
         self._evaluate()
         self.model.peft_model.eval()
+        for m, p in self._dropouts:
+            m.p = p
         self.stage.finish(self.model)
         if cfg.gradient_checkpointing:
             self.model.base_lm.gradient_checkpointing_disable()
