@@ -35,6 +35,7 @@ FORMAT_VERSION = 1
 DEFAULT_HNSW = {"ef_construction": 200, "ef_search": 256, "max_neighbors": 32}
 # the "pca" projection is refitted (on a sample of at most this many chunks) each time the store doubles past it
 REFIT_MAX_ROWS = 2048
+_GET_BATCH = 5000  # ids per Chroma get (SQLite statement variable limit)
 
 
 @dataclass
@@ -402,12 +403,15 @@ class ClaraStore:
         if not ids:
             return {}
         include = ["metadatas"] if self._sidecar is not None else ["embeddings"]
-        res = col.get(ids=ids, include=include)
-        if self._sidecar is not None:
-            mems = self._sidecar.read([int(m["clara_row"]) for m in res["metadatas"]])
-        else:
-            mems = np.asarray(res["embeddings"], dtype=np.float32)
-        return {cid: mems[i] for i, cid in enumerate(res["ids"])}
+        out: dict[str, np.ndarray] = {}
+        for start in range(0, len(ids), _GET_BATCH):  # SQLite caps the variables of one statement
+            res = col.get(ids=ids[start : start + _GET_BATCH], include=include)
+            if self._sidecar is not None:
+                mems = self._sidecar.read([int(m["clara_row"]) for m in res["metadatas"]])
+            else:
+                mems = np.asarray(res["embeddings"], dtype=np.float32)
+            out.update((cid, mems[i]) for i, cid in enumerate(res["ids"]))
+        return out
 
     def get_memories(self, ids: Sequence[str]) -> np.ndarray:
         """Flattened memories ``[len(ids), memory_dim]`` (float32) of stored chunks, in the order of ``ids``.
@@ -426,10 +430,14 @@ class ClaraStore:
 
     def get_records(self, ids: Sequence[str]) -> dict[str, Hit]:
         """Stored chunks by id (score 0); ids not stored are left out."""
-        res = self._collection().get(ids=list(ids), include=["documents", "metadatas"])
-        return {
-            cid: _hit(cid, doc, meta, 0.0) for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"])
-        }
+        ids, out = list(ids), {}
+        for start in range(0, len(ids), _GET_BATCH):
+            res = self._collection().get(ids=ids[start : start + _GET_BATCH], include=["documents", "metadatas"])
+            out.update(
+                (cid, _hit(cid, doc, meta, 0.0))
+                for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"])
+            )
+        return out
 
     def search(self, queries: np.ndarray, k: int, where: dict[str, Any] | None = None) -> list[list[Hit]]:
         """Top ``k`` chunks per query vector ``[B, memory_dim]``, best first, scored by exact CLaRa cosine."""
