@@ -5,10 +5,12 @@ Parts (each prints a table and compares against its alternative in the same run)
           p50/p95 with question encoding, recall@10 vs exact CLaRa ranking, disk per chunk vs fp16 memories;
           then grows the same store to --grow chunks (default 100k) with memories derived from the real ones and
           measures search again (with an ef_search sweep).
+  hnsw    Chroma's default HNSW settings vs ours: recall@10 on random isotropic 256-d vectors (the hard case).
   wide    65,536-d memories (7B at compression 16) on synthetic low-rank data: "pca" layout (fp16 sidecar +
           256-d projection in Chroma + exact re-rank) vs the "full" layout (whole vectors in Chroma).
 
 Usage:  python bench/bench_store.py --part tiny [--chunks 10000] [--grow 100000]
+        python bench/bench_store.py --part hnsw [--hnsw-n 20000]
         python bench/bench_store.py --part wide [--wide-chunks 10000]
 """
 
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 
 from clara_plugins.rag import ClaraRAG
-from clara_plugins.store import ChunkRecord, ClaraStore
+from clara_plugins.store import DEFAULT_HNSW, ChunkRecord, ClaraStore
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FP16 = 2
@@ -189,17 +191,44 @@ def grow(rag: ClaraRAG, real: np.ndarray, texts: list[str], args: argparse.Names
     add_s = time.perf_counter() - t0
     n = rag.store.count()
     rows = [(f"store.add of {n - n0} derived chunks, per chunk (ms)", f"{add_s / (n - n0) * 1e3:.3f}", "")]
-    rows += search_rows(rag, questions(args.queries), f"{n // 1000}k ef_search=256")
-    col = rag.store._collection()
-    for ef in args.ef_sweep:
-        col.modify(configuration={"hnsw": {"ef_search": ef}})
-        rows += [
-            r
-            for r in search_rows(rag, questions(args.queries), f"{n // 1000}k ef_search={ef}")
-            if "recall" in r[0] or "p50 incl" in r[0]
-        ]
-    col.modify(configuration={"hnsw": {"ef_search": 256}})
+    rows += search_rows(rag, questions(args.queries), f"{n // 1000}k ef_search={DEFAULT_HNSW['ef_search']}")
     table(f"tiny width, grown to {n} chunks", rows)
+
+
+def part_hnsw(args: argparse.Namespace) -> None:
+    """HNSW settings vs recall@10 on isotropic random vectors (the hard case), each in a fresh collection."""
+    import chromadb
+
+    rng = np.random.default_rng(0)
+    n, dim = args.hnsw_n, 256
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    q = rng.standard_normal((args.queries, dim)).astype(np.float32)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    exact = np.argsort(-(q @ xn.T), axis=1)[:, :10]
+    client = chromadb.EphemeralClient()
+    rows = []
+    configs = [("Chroma default 100/100/16", {}), ("ef_search 256, 100/16", {"ef_search": 256})]
+    configs += [("ef_search 256, ef_construction 200, M 32", {**DEFAULT_HNSW, "ef_search": 256})]
+    configs += [("ours: " + "/".join(f"{k}={v}" for k, v in DEFAULT_HNSW.items()), dict(DEFAULT_HNSW))]
+    for i, (name, cfg) in enumerate(configs):
+        col = client.create_collection(
+            f"sweep{i}", embedding_function=None, configuration={"hnsw": {"space": "cosine", **cfg}}
+        )
+        t0 = time.perf_counter()
+        for s in range(0, n, 5000):
+            col.add(ids=[str(j) for j in range(s, min(n, s + 5000))], embeddings=x[s : s + 5000])
+        add_ms = (time.perf_counter() - t0) / n * 1e3
+        ts, found = [], []
+        for row in q:
+            t0 = time.perf_counter()
+            found.append([int(j) for j in col.query(query_embeddings=row[None], n_results=10, include=[])["ids"][0]])
+            ts.append(time.perf_counter() - t0)
+        rec = float(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact.tolist())]))
+        rows += [
+            (f"{name}: recall@10", f"{rec:.4f}", ">= 0.98"),
+            (f"{name}: query p50 (ms) / add per vector (ms)", f"{pct(ts, 50):.2f} / {add_ms:.2f}", ""),
+        ]
+    table(f"HNSW settings, {n} random isotropic {dim}-d vectors (worst case for an ANN)", rows)
 
 
 def wide_data(n: int, dim: int, seed: int, rank: int = 128):
@@ -265,7 +294,7 @@ def part_wide(args: argparse.Namespace, root: Path) -> None:
             (f"  candidates={cand}: search p50 (ms)", f"{pct(ts, 50):.2f}", ""),
             (f"  candidates={cand}: recall@10 vs exact", f"{recall_at(fs, exact):.4f}", ">= 0.98"),
         ]
-    store.candidates = 100
+    store.candidates = 64
     # the alternative: whole 65,536-d vectors in Chroma ("full" layout), on a small sample
     full = ClaraStore(path=root / "wide-full", layout="full")
     full.bind("wide-synthetic", dim, n_mem, dim // n_mem, "synthetic-65536")
@@ -299,14 +328,14 @@ def part_wide(args: argparse.Namespace, root: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["tiny", "wide", "all"], default="all")
+    parser.add_argument("--part", choices=["tiny", "hnsw", "wide", "all"], default="all")
     parser.add_argument("--model", default="tiny", help="model for the tiny part")
     parser.add_argument("--chunks", type=int, default=10000, help="real chunks indexed with the model")
     parser.add_argument("--grow", type=int, default=100000, help="grow the tiny store to this many chunks")
     parser.add_argument("--queries", type=int, default=200, help="questions timed")
-    parser.add_argument("--ef-sweep", type=int, nargs="*", default=[50, 100], help="other ef_search values")
+    parser.add_argument("--hnsw-n", type=int, default=20000, help="random vectors in the HNSW settings sweep")
     parser.add_argument("--wide-chunks", type=int, default=10000, help="65,536-d chunks in the wide part")
-    parser.add_argument("--cand-sweep", type=int, nargs="*", default=[32, 64, 200], help="other candidate counts")
+    parser.add_argument("--cand-sweep", type=int, nargs="*", default=[32, 100, 200], help="other candidate counts")
     parser.add_argument("--full-sample", type=int, default=300, help="65,536-d chunks put whole into Chroma")
     parser.add_argument("--dir", default=None, help="work folder (default: a temporary one, removed after)")
     args = parser.parse_args()
@@ -315,6 +344,8 @@ def main() -> None:
     try:
         if args.part in ("tiny", "all"):
             part_tiny(args, root)
+        if args.part in ("hnsw", "all"):
+            part_hnsw(args)
         if args.part in ("wide", "all"):
             part_wide(args, root)
     finally:

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 RESERVED_PREFIX = "clara_"
 FORMAT_VERSION = 1
 # HNSW settings measured by bench/bench_store.py (recall@10 vs exact ranking >= 0.98; docs/store.md)
-DEFAULT_HNSW = {"ef_construction": 200, "ef_search": 256, "max_neighbors": 32}
+DEFAULT_HNSW = {"ef_construction": 200, "ef_search": 512, "max_neighbors": 32}
 # the "pca" projection is refitted (on a sample of at most this many chunks) each time the store doubles past it
 REFIT_MAX_ROWS = 2048
 _GET_BATCH = 5000  # ids per Chroma get (SQLite statement variable limit)
@@ -186,7 +186,7 @@ class ClaraStore:
         hnsw: dict[str, int] | None = None,
         full_max_dim: int = 4096,
         ann_dim: int = 256,
-        candidates: int = 100,
+        candidates: int = 64,
         memory_dtype: str = "float16",
         layout: str = "auto",
     ) -> None:
