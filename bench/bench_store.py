@@ -4,7 +4,7 @@ Parts (each prints a table and compares against its alternative in the same run)
   tiny    real tiny model on SciFact abstracts: store time vs compressor time for N chunks (default 10k), search
           p50/p95 with question encoding, recall@10 vs exact CLaRa ranking, disk per chunk vs fp16 memories;
           then grows the same store to --grow chunks (default 100k) with memories derived from the real ones and
-          measures search again (with an ef_search sweep).
+          measures search again.
   hnsw    Chroma's default HNSW settings vs ours: recall@10 on random isotropic 256-d vectors (the hard case).
   wide    65,536-d memories (7B at compression 16) on synthetic low-rank data: "pca" layout (fp16 sidecar +
           256-d projection in Chroma + exact re-rank) vs the "full" layout (whole vectors in Chroma).

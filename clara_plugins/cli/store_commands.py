@@ -21,6 +21,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="index the bundled demo corpus with the tiny model and answer questions")
     p.add_argument("--db", help="store folder (default: a temporary folder)")
     p.add_argument("--model", default="tiny", help="model to use (default: the bundled tiny model)")
+    p.add_argument("--limit", type=int, default=None, help="index only the first N passages")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_demo)
 
@@ -165,40 +166,58 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_records() -> list[dict[str, Any]]:
-    """The bundled demo corpus: ``{"id", "text", "question", "answer"}`` per passage."""
-    path = importlib.resources.files("clara_plugins.assets") / "demo_corpus.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def demo_records() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The bundled demo corpus ``{"id", "text", "title"?}`` and its questions ``{"question", "answer", "doc_id"}``.
+
+    Questions come from ``demo_questions.jsonl`` (held-out questions first) when it is bundled, else from the
+    ``question``/``answer`` fields of the corpus rows.
+    """
+    assets = importlib.resources.files("clara_plugins.assets")
+    rows = [
+        json.loads(line) for line in (assets / "demo_corpus.jsonl").read_text(encoding="utf-8").splitlines() if line
+    ]
+    qfile = assets / "demo_questions.jsonl"
+    if qfile.is_file():
+        qs = [json.loads(line) for line in qfile.read_text(encoding="utf-8").splitlines() if line]
+        qs.sort(key=lambda q: q.get("split") != "heldout_question")
+        questions = [{"question": q["question"], "answer": q["answers"][0], "doc_id": q["doc_id"]} for q in qs]
+    else:
+        questions = [
+            {"question": r["question"], "answer": r["answer"], "doc_id": r["id"]} for r in rows if "question" in r
+        ]
+    return rows, questions
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``clara demo``: index the demo corpus, answer a few of its questions, print answers with sources."""
     from clara_plugins.rag import ClaraRAG
 
-    rows = demo_records()
+    if args.limit is not None and args.limit < 1:
+        msg = f"--limit must be >= 1, got {args.limit}"
+        raise InputError(msg)
+    rows, questions = demo_records()
+    rows = rows[: args.limit] if args.limit else rows
+    kept = {r["id"] for r in rows}
+    asked = [q for q in questions if q["doc_id"] in kept][:DEMO_QUESTIONS]
     with tempfile.TemporaryDirectory(prefix="clara-demo-") as tmp:
-        db = args.db or tmp
-        rag = ClaraRAG.from_pretrained(args.model, store=db)
-        records = [{"id": r["id"], "text": r["text"], "metadata": {"source": "demo"}} for r in rows]
-        res = rag.index(records, show_progress=not args.json)
+        rag = ClaraRAG.from_pretrained(args.model, store=args.db or tmp)
+        meta = [{"title": r["title"]} if r.get("title") else {"source": "demo"} for r in rows]
+        res = rag.index(
+            [{"id": r["id"], "text": r["text"], "metadata": m} for r, m in zip(rows, meta)], show_progress=not args.json
+        )
         results = []
-        for row in rows[:DEMO_QUESTIONS]:
-            ans = rag.ask(row["question"])
-            results.append(
-                {
-                    "question": row["question"],
-                    "expected": row["answer"],
-                    "answer": ans.text,
-                    "sources": [_hit_dict(h) for h in ans.sources],
-                }
-            )
+        for q in asked:
+            ans = rag.ask(q["question"])
+            results.append({**q, "answer_generated": ans.text, "sources": [_hit_dict(h) for h in ans.sources]})
         if args.json:
             print(json.dumps({"db": args.db, "indexed_chunks": rag.store.count(), "results": results}))
             return 0
-        print(f"indexed {len(rows)} passages ({res.chunks_added} new chunks) into {args.db or 'a temporary store'}")
+        where = args.db or "a temporary store"
+        print(f"indexed {len(rows)} passages ({res.chunks_added} new chunks) into {where} with model {args.model!r}")
         for r in results:
-            print(f"\nQ: {r['question']}\nA: {r['answer']}   (reference: {r['expected']})")
+            print(f"\nQ: {r['question']}\nA: {r['answer_generated']}   (reference: {r['answer']})")
             for rank, h in enumerate(r["sources"], 1):
-                print(f"  [{rank}] {h['score']:.3f} {h['doc_id']}: {' '.join(h['text'].split())[:100]}")
+                gold = " <- the passage the question was written from" if h["doc_id"] == r["doc_id"] else ""
+                print(f"  [{rank}] {h['score']:.3f} {h['doc_id']}: {' '.join(h['text'].split())[:90]}{gold}")
         sys.stdout.flush()
     return 0
