@@ -59,13 +59,24 @@ def parse_args() -> argparse.Namespace:
         "--steps",
         type=int,
         nargs=5,
-        default=[400, 250, 250, 150, 150],
+        default=[400, 400, 400, 150, 150],
         metavar=("LM", "S1", "S2", "S3", "RET"),
         help="optimiser steps of phase 0, stage 1, stage 2, stage 3 and the InfoNCE baseline",
     )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--candidates", type=int, default=20, help="stage-3 candidates per question")
     p.add_argument("--eval-questions", type=int, default=150, help="held-out questions evaluated")
+    p.add_argument(
+        "--no-paraphrase",
+        action="store_true",
+        help="stage 1 without paraphrase rows (by default each passage also gets one whose target is the "
+        "passage itself, so the memory must hold all of it)",
+    )
+    p.add_argument(
+        "--fresh-generator",
+        action="store_true",
+        help="re-initialise the generator for stage 2 as the paper does (default: continue stage 1's generator)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return p.parse_args()
@@ -213,9 +224,12 @@ def main() -> None:
     model = pretrain_base(args, train1, docs)
     model.ensure_adapter("query_reasoner", init_from="compressor")
     table = [measure(model, "untrained (LM-pretrained base, fresh adapters)", held1_eval, held2, held3, args)]
-    model = run_stage("1", model, train1, args.steps[1], args, learning_rate=1e-3, max_docs=5)
+    para = [] if args.no_paraphrase else [Stage1Row("paraphrase", [], [d], [d]) for d in docs]
+    model = run_stage("1", model, train1 + para, args.steps[1], args, learning_rate=1e-3, max_docs=5)
     table.append(measure(model, "after stage 1", held1_eval, held2, held3, args, retrieval=False))
-    model = run_stage("2", model, train2, args.steps[2], args, learning_rate=1e-3, max_docs=5)
+    model = run_stage(
+        "2", model, train2, args.steps[2], args, learning_rate=1e-3, max_docs=5, fresh_generator=args.fresh_generator
+    )
     model.ensure_adapter("query_reasoner", init_from="compressor")
     table.append(measure(model, "after stage 2 (query reasoner = compressor copy)", held1_eval, held2, held3, args))
     stage2_model = copy.deepcopy(model)
