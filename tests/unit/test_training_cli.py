@@ -101,3 +101,48 @@ def test_top_level_import_is_refused() -> None:
     proc = subprocess.run([sys.executable, "-c", "import training"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode != 0
     assert "import clara_plugins.training" in proc.stderr
+
+
+def _beir(folder: Path, passages: list[str]) -> Path:
+    (folder / "qrels").mkdir(parents=True)
+    docs = [p[:100] for p in passages[:10]]
+    corpus = "".join(json.dumps({"_id": f"d{i}", "text": d}) + "\n" for i, d in enumerate(docs))
+    (folder / "corpus.jsonl").write_text(corpus)
+    queries = "".join(json.dumps({"_id": f"q{i}", "text": d[:40]}) + "\n" for i, d in enumerate(docs))
+    (folder / "queries.jsonl").write_text(queries)
+    qrels = "".join(f"q{i}\td{i}\t1\n" for i in range(10))
+    (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels)
+    return folder
+
+
+def test_retrieval_stage_trains_from_a_beir_folder(saved_model, passages, tmp_path) -> None:
+    from clara_plugins.training.stages import beir_training_rows
+
+    folder = _beir(tmp_path / "beir", passages)
+    rows = beir_training_rows(folder, "train", n_candidates=4)
+    assert len(rows) == 10 and all(len(r.docs) == 4 and len(r.pos_index) == 1 for r in rows)
+    assert all(r.docs[r.pos_index[0]].startswith(r.question) for r in rows)  # the judged document is the positive
+    config = tmp_path / "ret.json"
+    settings = {
+        "stage": "retrieval",
+        "model": str(saved_model),
+        "train_file": str(folder),
+        "n_candidates": 4,
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 2,
+        "batch_size": 5,
+        "progress": False,
+        "plot": False,
+    }
+    config.write_text(json.dumps(settings))
+    assert main(["train", "--config", str(config)]) == 0
+    assert (tmp_path / "out" / "final").is_dir()
+
+
+def test_clara_eval_on_stage2_rows_answers_from_given_docs(saved_model, passages, tmp_path, capsys) -> None:
+    rows = [QARow(p[:30] + "?", [p[:100]], [p[:10]]) for p in passages[:3]]
+    write_jsonl(tmp_path / "s2.jsonl", rows)
+    assert (
+        main(["eval", "--model", str(saved_model), "--data", str(tmp_path / "s2.jsonl"), "--max-new-tokens", "3"]) == 0
+    )
+    assert "| clara (given docs) |" in capsys.readouterr().out
