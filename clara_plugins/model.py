@@ -106,6 +106,7 @@ class ClaraModel:
         self._active: str | None = None
         self._fingerprint: str | None = None
         self._warned_query_fallback = False
+        self._warned_truncation = False
 
     def __getstate__(self) -> dict:  # copy.deepcopy / pickle: locks are per object
         state = self.__dict__.copy()
@@ -325,7 +326,16 @@ class ClaraModel:
                         "model.chunk(text) (ClaraRAG.index does this for you)"
                     )
                     raise InputError(msg)
-                logger.warning("%s[%d] has %d tokens; truncated to %d", name, i, len(ids), limit)
+                # warn once per model (training and evaluation would otherwise flood the log), then debug
+                log = logger.debug if self._warned_truncation else logger.warning
+                log(
+                    "%s[%d] has %d tokens; truncated to %d (further truncations are logged at debug level)",
+                    name,
+                    i,
+                    len(ids),
+                    limit,
+                )
+                self._warned_truncation = True
                 ids = ids[:limit]
             rows.append([sp.enc, sp.bos, *ids, sp.eos, *sp.mem])
         return self._pad(rows)
