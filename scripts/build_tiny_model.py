@@ -406,7 +406,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compr-rate", type=int, default=16)
     p.add_argument("--lora-r", type=int, default=32)
     p.add_argument("--steps0", type=int, default=1000, help="stage-0a steps (full-parameter LM pretraining)")
-    p.add_argument("--steps0b", type=int, default=600, help="stage-0b steps (short contexts, answer-weighted)")
+    p.add_argument("--steps0b", type=int, default=0, help="stage-0b steps (short contexts; default off)")
     p.add_argument("--lr0b", type=float, default=1e-3)
     p.add_argument(
         "--base-from", type=Path, default=None, help="skip stage 0a: start from this saved base (after phase 0a)"
