@@ -4,7 +4,8 @@ Nothing is downloaded: the base is a randomly initialised Mistral-shaped LM, so 
 
     stage 0  full-parameter causal-LM pretraining of the base on the corpus text and on text-RAG examples
              (``[INST] system\\n\\nBackground:\\n{passages}\\n\\nQuestion:{q} [/INST] {answer}</s>``), so that the
-             base alone is a fair text-RAG baseline (clara_plugins.baselines.TextRAG)
+             base alone is a fair text-RAG baseline (clara_plugins.baselines.TextRAG); an optional phase 0b
+             (``--steps0b``, off by default) continues with short contexts and more weight on the answer
     stage 1  CLaRa compression pretraining (QA targets + reconstruction as the paraphrase target)
     stage 2  instruction tuning: answer from k compressed passages (gold + BM25 negatives)
     stage R  supervised query-reasoner warm-up (multi-positive InfoNCE on the training questions' source passages)
@@ -15,7 +16,8 @@ trains adapters). Data: ``../shared/data/clara_example/pretrain_data.jsonl`` (1,
 QA pairs each). Every passage keeps ``--heldout-per-passage`` of its questions out of all training, and
 ``--heldout-passages`` passages are kept out entirely (neither their text nor their questions are trained on).
 
-    python scripts/build_tiny_model.py                  # the real build (~30 min on 2 CPU cores)
+    python scripts/build_tiny_model.py                  # the real build (~40 min on a busy 2-core CPU)
+    python scripts/build_tiny_model.py --base-from runs/tiny_build/stage0a   # redo stages 1-3 only
     python scripts/build_tiny_model.py --quick --out /tmp/tiny --assets-dir /tmp/assets   # a smoke run
 """
 
