@@ -12,8 +12,8 @@ The ideal speed-up is the ratio of the prompt lengths (text / CLaRa); the table 
 fraction of the ideal (goal: >= 80 %). Models: the bundled trained tiny model and a Mistral-shaped random model of
 about 100M parameters (as in bench/bench_model.py). Medians over ``--repeats`` runs after one warm-up.
 
-    python bench/bench_vs_text_rag.py                      # both models
-    python bench/bench_vs_text_rag.py --models tiny --repeats 3
+    python bench/bench_vs_text_rag.py --threads 1                                  # both models, batch 1 and 4
+    python bench/bench_vs_text_rag.py --models tiny --batch-sizes 1 --repeats 1   # quick
 """
 
 from __future__ import annotations
@@ -145,9 +145,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["tiny", "100M"], choices=["tiny", "100M"])
     parser.add_argument("--tiny", default="tiny", help="the tiny model (default: the bundled one)")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--new-tokens", type=int, default=32, help="fixed answer length for the whole-answer time")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
