@@ -11,21 +11,14 @@ never their text. Runs offline on the bundled tiny demo model:
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-from importlib.resources import files
 
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import RunnableParallel, RunnablePassthrough
 
 from clara_plugins import ClaraRAG
 from clara_plugins.adapters.langchain import ClaraContextPacker
-
-
-def demo_passages(n: int) -> list[dict]:
-    """The first ``n`` records (id, text, question, answer) of the bundled demo corpus."""
-    lines = (files("clara_plugins.assets") / "demo_corpus.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines[:n]]
+from clara_plugins.assets import demo_corpus
 
 
 def main() -> None:
@@ -34,7 +27,7 @@ def main() -> None:
     parser.add_argument("--subfolder", default=None, help="Hub subfolder, e.g. compression-16")
     args = parser.parse_args()
 
-    records = demo_passages(6)
+    records = demo_corpus(6)
     question = records[0]["question"]
     with tempfile.TemporaryDirectory() as folder:
         rag = ClaraRAG.from_pretrained(args.model, store=folder, subfolder=args.subfolder)

@@ -14,9 +14,7 @@ extra: ``pip install langchain-classic rank-bm25``.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-from importlib.resources import files
 
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -27,6 +25,7 @@ from rank_bm25 import BM25Okapi
 
 from clara_plugins import ClaraRAG
 from clara_plugins.adapters.langchain import ClaraContextPacker
+from clara_plugins.assets import demo_corpus
 
 
 class BM25Retriever(BaseRetriever):
@@ -42,19 +41,13 @@ class BM25Retriever(BaseRetriever):
         return [Document(page_content=self.docs[i].page_content, metadata={**self.docs[i].metadata}) for i in best]
 
 
-def demo_passages(n: int) -> list[dict]:
-    """The first ``n`` records (id, text, question, answer) of the bundled demo corpus."""
-    lines = (files("clara_plugins.assets") / "demo_corpus.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines[:n]]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="'tiny', a Hub id or a local checkpoint folder")
     parser.add_argument("--subfolder", default=None, help="Hub subfolder, e.g. compression-16")
     args = parser.parse_args()
 
-    records = demo_passages(9)
+    records = demo_corpus(9)
     indexed, not_indexed = records[:8], records[8:]
     question = records[0]["question"]
     with tempfile.TemporaryDirectory() as folder:

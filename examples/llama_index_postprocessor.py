@@ -11,9 +11,7 @@ stored memories; the others are compressed on the fly. Runs offline on the bundl
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-from importlib.resources import files
 
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.embeddings import MockEmbedding
@@ -21,12 +19,7 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 
 from clara_plugins import ClaraRAG
 from clara_plugins.adapters.llama_index import ClaraSynthesizer
-
-
-def demo_passages(n: int) -> list[dict]:
-    """The first ``n`` records (id, text, question, answer) of the bundled demo corpus."""
-    lines = (files("clara_plugins.assets") / "demo_corpus.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines[:n]]
+from clara_plugins.assets import demo_corpus
 
 
 def main() -> None:
@@ -35,7 +28,7 @@ def main() -> None:
     parser.add_argument("--subfolder", default=None, help="Hub subfolder, e.g. compression-16")
     args = parser.parse_args()
 
-    records = demo_passages(8)
+    records = demo_corpus(8)
     question = records[2]["question"]
     with tempfile.TemporaryDirectory() as folder:
         rag = ClaraRAG.from_pretrained(args.model, store=folder, subfolder=args.subfolder)
