@@ -39,33 +39,46 @@ def iter_files(paths: Sequence[str | Path]) -> Iterator[Path]:
             raise InputError(msg)
 
 
-def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``("file:line", object)`` for each non-empty line; a line that is not a JSON object is an error."""
+    path = Path(path)
+    if not path.is_file():
+        msg = f"data file not found: {str(path)!r}"
+        raise InputError(msg)
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             where = f"{path}:{line_no}"
             try:
-                row = json.loads(line)
+                obj = json.loads(line)
             except json.JSONDecodeError as err:
-                msg = f"{where} is not valid JSON ({err.msg})"
-                raise InputError(msg) from err
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                msg = f"{where} has no string field 'text'"
+                msg = f"{where}: not valid JSON ({err.msg} at column {err.colno})"
+                raise InputError(msg) from None
+            if not isinstance(obj, dict):
+                msg = f"{where}: expected a JSON object, got {type(obj).__name__}"
                 raise InputError(msg)
-            if not row["text"].strip():
-                msg = f"{where} has an empty 'text'"
-                raise InputError(msg)
-            meta = dict(row.get("metadata") or {}) if isinstance(row.get("metadata"), dict) else {}
-            if isinstance(row.get("title"), str) and row["title"]:
-                meta.setdefault("title", row["title"])
-            meta["source"] = str(path)
-            doc_id = row.get("id", row.get("_id"))
-            yield {
-                "text": row["text"],
-                "id": str(doc_id) if doc_id is not None else f"{path}:{line_no}",
-                "metadata": meta,
-            }
+            yield where, obj
+
+
+def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
+    for where, row in read_jsonl(path):
+        if not isinstance(row.get("text"), str):
+            msg = f"{where} has no string field 'text'"
+            raise InputError(msg)
+        if not row["text"].strip():
+            msg = f"{where} has an empty 'text'"
+            raise InputError(msg)
+        meta = dict(row.get("metadata") or {}) if isinstance(row.get("metadata"), dict) else {}
+        if isinstance(row.get("title"), str) and row["title"]:
+            meta.setdefault("title", row["title"])
+        meta["source"] = str(path)
+        doc_id = row.get("id", row.get("_id"))
+        yield {
+            "text": row["text"],
+            "id": str(doc_id) if doc_id is not None else where,
+            "metadata": meta,
+        }
 
 
 def read_corpus(paths: Sequence[str | Path]) -> list[dict[str, Any]]:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clara_plugins.corpus import read_jsonl  # one JSON-lines reader with file:line errors, shared with clara index
 from clara_plugins.errors import InputError
 
 
@@ -74,28 +74,6 @@ class BeirData:
     corpus: dict[str, str]
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
-
-
-def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``("file:line", object)`` for each non-empty line; a line that is not a JSON object is an error."""
-    path = Path(path)
-    if not path.is_file():
-        msg = f"data file not found: {str(path)!r}"
-        raise InputError(msg)
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                msg = f"{where}: not valid JSON ({err.msg} at column {err.colno})"
-                raise InputError(msg) from None
-            if not isinstance(obj, dict):
-                msg = f"{where}: expected a JSON object, got {type(obj).__name__}"
-                raise InputError(msg)
-            yield where, obj
 
 
 def _str_list(obj: dict[str, Any], key: str, where: str, *, allow_str: bool = False) -> list[str]:
