@@ -15,6 +15,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -60,8 +61,9 @@ def build(shape: dict, texts: list[str]) -> ClaraModel:
     return model
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up."""
+    fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

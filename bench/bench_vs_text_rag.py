@@ -23,8 +23,6 @@ import importlib.resources
 import json
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,7 +30,7 @@ from transformers import GenerationConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_model import SHAPES, build
+from bench_model import SHAPES, build, timed
 
 from clara_plugins.baselines import TextRAG
 from clara_plugins.model import ClaraModel
@@ -58,17 +56,6 @@ def full_chunks(model: ClaraModel, passages: list[str], n: int) -> list[str]:
         if len(chunks) >= n:
             break
     return chunks[:n]
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def clara_generate(model: ClaraModel, questions: list[str], memories: torch.Tensor, new_tokens: int) -> None:
