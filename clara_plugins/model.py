@@ -316,9 +316,15 @@ class ClaraModel:
         Texts over ``doc_max_length`` tokens raise (chunk them first) unless ``truncate`` is set, in which case
         the text is cut but ``</s>`` is kept.
         """
+        return self._document_batch(plain_ids(self.tokenizer, texts), range(len(texts)), truncate, name)
+
+    def _document_batch(
+        self, token_ids: Sequence[list[int]], positions: Sequence[int], truncate: bool, name: str
+    ) -> dict:
+        """The batch of :meth:`tokenize_documents` from already tokenized texts (``positions`` name them in errors)."""
         sp, limit = self.special_token_ids, self.config.doc_max_length
         rows = []
-        for i, ids in enumerate(plain_ids(self.tokenizer, texts)):
+        for i, ids in zip(positions, token_ids):
             if len(ids) > limit:
                 if not truncate:
                     msg = (
@@ -375,14 +381,14 @@ class ClaraModel:
     ) -> torch.Tensor:
         if not texts:
             return torch.zeros(0, self.n_mem, self.hidden_size)
-        lengths = [len(ids) for ids in plain_ids(self.tokenizer, texts)]
-        order = sorted(range(len(texts)), key=lengths.__getitem__)  # similar lengths together: less padding
+        token_ids = plain_ids(self.tokenizer, texts)  # tokenized once: for the order and for the batches
+        order = sorted(range(len(texts)), key=lambda i: len(token_ids[i]))  # similar lengths together: less padding
         out = torch.empty(len(texts), self.n_mem, self.hidden_size)
         bar = tqdm(total=len(texts), desc=f"{role} ", unit="text", disable=not show_progress)
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                batch = self.tokenize_documents([texts[i] for i in idx], truncate=truncate, name=name)
+                batch = self._document_batch([token_ids[i] for i in idx], idx, truncate, name)
                 out[idx] = self.memories_from_batch(batch, role).float().cpu()
                 bar.update(len(idx))
         bar.close()

@@ -114,6 +114,7 @@ def test_bf16_on_cpu_is_close_to_fp32(fresh_tiny_model):
         (lambda m: m.compress("just one string"), "wrap it in a list"),
         (lambda m: m.compress(["ok", 3]), r"texts\[1\] must be a str"),
         (lambda m: m.compress(["word " * 500]), "doc_max_length"),
+        (lambda m: m.compress(["word " * 500, "short"]), r"texts\[0\] has \d+ tokens, more than doc_max_length"),
         (lambda m: m.generate(["q"], []), "memories has 0 entries"),
         (lambda m: m.generate(["q"], [torch.zeros(2, 3)]), "expected"),
         (lambda m: m.answer(["q"], [["a"], ["b"]]), "candidates has 2"),
