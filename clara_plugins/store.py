@@ -30,7 +30,7 @@ from clara_plugins.store_sidecar import Projection, SidecarMemories, torch_float
 logger = logging.getLogger(__name__)
 
 RESERVED_PREFIX = "clara_"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the pca layout indexes augmented projections in cosine space (store_sidecar.Projection)
 # HNSW settings measured by bench/bench_store.py (recall@10 vs exact ranking >= 0.98; docs/store.md)
 DEFAULT_HNSW = {"ef_construction": 200, "ef_search": 512, "max_neighbors": 32}
 # the "pca" projection is refitted (on a sample of at most this many chunks) each time the store doubles past it
@@ -184,7 +184,7 @@ class ClaraStore:
         collection: str = "clara",
         *,
         hnsw: dict[str, int] | None = None,
-        full_max_dim: int = 4096,
+        full_max_dim: int = 1024,
         ann_dim: int = 256,
         candidates: int = 64,
         memory_dtype: str = "float16",
@@ -295,8 +295,7 @@ class ClaraStore:
             "clara_ann_dim": self.ann_dim if mode == "pca" else memory_dim,
             "clara_candidates": self.candidates,
         }
-        space = "ip" if mode == "pca" else "cosine"
-        config = {"hnsw": {"space": space, **self.hnsw}}
+        config = {"hnsw": {"space": "cosine", **self.hnsw}}
         self._col = self.client.get_or_create_collection(
             self.name, metadata=meta, configuration=config, embedding_function=None
         )
@@ -337,7 +336,7 @@ class ClaraStore:
         assert self._sidecar is not None
         n = self._sidecar.committed
         rows = np.sort(np.random.default_rng(0).choice(n, size=min(n, REFIT_MAX_ROWS), replace=False))
-        proj = Projection.fit(self._sidecar.read(rows), self.ann_dim)
+        proj = Projection.fit(self._sidecar.read(rows), self.ann_dim, augment=self._current_projection().augment)
         proj.save(self._sidecar.folder / "projection.next.npz")
         self._apply_projection(col, proj)
 

@@ -214,3 +214,30 @@ def test_damaged_chroma_folder_is_a_store_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(StoreError, match="is a file"):
         ClaraStore(path=tmp_path / "file")
+
+
+def test_augmented_projection_turns_inner_product_into_cosine():
+    """Every indexed document has norm R, so cosine ranking of [z, r] equals inner-product ranking of z."""
+    from clara_plugins.store_sidecar import Projection
+
+    x = _vectors(400, seed=3)
+    proj = Projection.fit(x, 32, augment=True)
+    docs, plain = proj.docs(x), Projection(proj.mean, proj.basis, proj.fit_rows).docs(x)
+    assert docs.shape == (400, 33) and proj.width == 33
+    np.testing.assert_allclose(np.linalg.norm(docs, axis=1), Projection.RADIUS, rtol=1e-5)
+    q = proj.queries(x[:5] + 0.3)
+    assert np.all(q[:, -1] == 0)
+    cosine = (q @ docs.T) / np.linalg.norm(docs, axis=1)
+    for row_cos, row_ip in zip(cosine, q[:, :-1] @ plain.T):
+        assert list(np.argsort(-row_cos)[:10]) == list(np.argsort(-row_ip)[:10])
+
+
+def test_format_1_projection_without_augmentation_still_loads(tmp_path):
+    from clara_plugins.store_sidecar import Projection
+
+    x = _vectors(50)
+    old = Projection.fit(x, 16, augment=False)
+    path = tmp_path / "projection.npz"
+    np.savez(path, mean=old.mean, basis=old.basis, fit_rows=np.array(old.fit_rows))  # what format 1 wrote
+    loaded = Projection.load(path)
+    assert not loaded.augment and loaded.docs(x).shape == (50, 16)
