@@ -50,6 +50,8 @@ class TrainConfig:
         init_query_reasoner: stage 3 / retrieval copy the compressor into the query reasoner first (as the paper
             does); False continues an existing query reasoner.
         n_candidates: candidates mined per query when the retrieval stage reads a BEIR folder.
+        in_batch_negatives: the retrieval stage scores each question against every candidate of its micro-batch
+            (the other questions' candidates are extra negatives), not only its own list.
         eval_max_examples: at most this many held-out rows are evaluated (loss, recall, answers).
         eval_generate: also generate answers on held-out rows and log EM / F1 / cover-EM.
         max_new_tokens: generation length for that evaluation.
@@ -90,6 +92,7 @@ class TrainConfig:
     fresh_generator: bool = True
     init_query_reasoner: bool = True
     n_candidates: int = 20
+    in_batch_negatives: bool = True
     eval_max_examples: int = 200
     eval_generate: bool = True
     max_new_tokens: int = 32

@@ -245,13 +245,32 @@ class RetrievalStage(Stage):
 
     def loss(self, model: ClaraModel, rows: Sequence[QARow]) -> tuple[torch.Tensor, dict[str, float]]:
         cands, mask = self.candidate_memories(model, rows)
-        scores = cosine_scores(self.query_memories(model, [r.question for r in rows]), cands)
-        positives = torch.zeros_like(mask)
-        for i, r in enumerate(rows):
-            positives[i, r.pos_index] = True
-        loss = multi_positive_info_nce(scores, positives, self.config.temperature, mask)
+        query = self.query_memories(model, [r.question for r in rows])
+        scores = cosine_scores(query, cands)
+        if self.config.in_batch_negatives and len(rows) > 1:
+            loss = self._in_batch_loss(model, rows, query)
+        else:
+            positives = torch.zeros_like(mask)
+            for i, r in enumerate(rows):
+                positives[i, r.pos_index] = True
+            loss = multi_positive_info_nce(scores, positives, self.config.temperature, mask)
         k = min(self.config.top_k, int(mask.sum(1).min()))
         return loss, {"info_nce": loss.item(), **_recall_logs(scores.detach(), mask, rows, k)}
+
+    def _in_batch_loss(self, model: ClaraModel, rows: Sequence[QARow], query: torch.Tensor) -> torch.Tensor:
+        """InfoNCE of each question against every distinct candidate of the micro-batch (DPR's in-batch negatives).
+
+        A question's own hard negatives teach fine distinctions; the other questions' candidates add the easy,
+        off-topic negatives a search over a whole corpus meets. A text is a positive of every question whose
+        ``pos_index`` marks it (two questions about one passage share it).
+        """
+        texts = list(dict.fromkeys(d for r in rows for d in r.docs))
+        column = {t: j for j, t in enumerate(texts)}
+        scores = cosine_scores(query, self.frozen_memories(model, texts))  # (B, U)
+        positives = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        for i, r in enumerate(rows):
+            positives[i, [column[r.docs[j]] for j in r.pos_index]] = True
+        return multi_positive_info_nce(scores, positives, self.config.temperature)
 
 
 def _recall_logs(scores: torch.Tensor, mask: torch.Tensor, rows: Sequence[QARow], k: int) -> dict[str, float]:

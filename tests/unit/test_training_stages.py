@@ -188,3 +188,26 @@ def test_bf16_run_with_held_out_metrics(fresh_tiny_model, qa_rows, tmp_path) -> 
     final = records[-1]
     assert {"eval_loss", "eval_recall@1", "eval_recall@5", "eval_ndcg@10", "eval_f1", "eval_em"} <= set(final)
     assert fresh_tiny_model.dtype == torch.float32  # autocast, weights stay fp32
+
+
+def test_retrieval_in_batch_negatives_share_positives_by_text(fresh_tiny_model):
+    """Two questions about one passage: that passage is a positive of both, the other's candidates negatives."""
+    from clara_plugins.training.stages import RetrievalStage
+
+    model = fresh_tiny_model
+    rows = [
+        QARow("who wrote it?", ["passage about a book", "passage about a river"], ["-"], [0]),
+        QARow("when was it written?", ["passage about a book", "passage about a town"], ["-"], [0]),
+        QARow("how long is the river?", ["passage about a river", "passage about a book"], ["-"], [0]),
+    ]
+    stage = RetrievalStage(TrainConfig(stage="retrieval"))
+    stage.prepare(model)
+    try:
+        loss, logs = stage.loss(model, rows)
+        stage.config.in_batch_negatives = False
+        own, _ = stage.loss(model, rows)
+        loss.backward()
+    finally:
+        stage.finish(model)
+    assert torch.isfinite(loss) and loss.item() != pytest.approx(own.item())
+    assert "recall@2" in logs
