@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from clara_plugins.errors import InputError, ModelMismatchError, StoreError
+from clara_plugins.store_scan import ScanIndex
 from clara_plugins.store_sidecar import Projection, SidecarMemories, torch_float
 
 logger = logging.getLogger(__name__)
@@ -207,6 +208,7 @@ class ClaraStore:
         self._lock = threading.RLock()
         self._col: Any = None
         self._sidecar: SidecarMemories | None = None
+        self._scan: ScanIndex | None = None
         self._projection: Projection | None = None
         self._projection_mtime = 0
 
@@ -317,10 +319,36 @@ class ClaraStore:
             with self._sidecar.write_lock():
                 self._apply_projection(self._col, Projection.load(folder / "projection.next.npz"))
         if (folder / "projection.npz").exists():
-            self._current_projection()
+            self._open_scan(self._current_projection())
         elif self._col.count() > 0:
             msg = f"projection file missing from {folder}: the store is damaged; re-index into a new --db folder"
             raise StoreError(msg)
+
+    def _open_scan(self, projection: Projection) -> None:
+        """Open the exact-scan index, cutting rows of an unfinished batch or rebuilding it when it is stale."""
+        assert self._sidecar is not None
+        scan = ScanIndex(self._sidecar.folder, projection.basis.shape[1])
+        with self._sidecar.write_lock():
+            committed = self._sidecar.committed
+            if scan.usable(committed, projection.key):
+                scan.truncate(committed)
+            else:
+                self._rebuild_scan(scan, projection, self._rows_to_ids())
+        self._scan = scan
+
+    def _rows_to_ids(self) -> dict[int, str]:
+        """Sidecar row -> chunk id of every Chroma record (paged: SQLite caps the variables of one statement)."""
+        out, page, start = {}, min(_GET_BATCH, self.max_batch), 0
+        while True:
+            res = self._col.get(include=["metadatas"], limit=page, offset=start)
+            if not res["ids"]:
+                return out
+            out.update((int(m["clara_row"]), cid) for cid, m in zip(res["ids"], res["metadatas"]))
+            start += page
+
+    def _rebuild_scan(self, scan: ScanIndex, projection: Projection, ids_by_row: dict[int, str]) -> None:
+        assert self._sidecar is not None
+        scan.rebuild(ids_by_row, self._sidecar.committed, projection.project, self._sidecar.read, projection.key)
 
     def _current_projection(self) -> Projection:
         """The projection in use, reloaded when another process refitted it."""
@@ -343,15 +371,22 @@ class ClaraStore:
     def _apply_projection(self, col: Any, proj: Projection) -> None:
         """Re-project every record with ``proj``, then make it the current projection (call under write lock)."""
         assert self._sidecar is not None
-        res = col.get(include=["metadatas"])
-        for start in range(0, len(res["ids"]), self.max_batch):
-            metas = res["metadatas"][start : start + self.max_batch]
-            mems = self._sidecar.read([int(m["clara_row"]) for m in metas])
-            col.update(ids=res["ids"][start : start + self.max_batch], embeddings=proj.docs(mems))
+        page, start, ids_by_row = min(_GET_BATCH, self.max_batch), 0, {}
+        while True:  # paged: one get of every record fails past SQLite's variable limit (about 30k chunks)
+            res = col.get(include=["metadatas"], limit=page, offset=start)
+            if not res["ids"]:
+                break
+            rows = [int(m["clara_row"]) for m in res["metadatas"]]
+            col.update(ids=res["ids"], embeddings=proj.docs(self._sidecar.read(rows)))
+            ids_by_row.update(zip(rows, res["ids"]))
+            start += page
+        scan = self._scan or ScanIndex(self._sidecar.folder, proj.basis.shape[1])
+        self._rebuild_scan(scan, proj, ids_by_row)
+        self._scan = scan
         folder = self._sidecar.folder
         os.replace(folder / "projection.next.npz", folder / "projection.npz")
         self._current_projection()
-        logger.info("re-projected %d chunks on a projection fitted to %d", len(res["ids"]), proj.fit_rows)
+        logger.info("re-projected %d chunks on a projection fitted to %d", len(ids_by_row), proj.fit_rows)
 
     def _referenced_end(self, committed: int) -> int:
         res = self._col.get(where={"clara_row": {"$gte": committed}}, include=["metadatas"])
@@ -445,41 +480,78 @@ class ClaraStore:
         if q.shape[1] != int(self.meta["clara_memory_dim"]):
             msg = f"query width {q.shape[1]} does not match the store's memory width {self.meta['clara_memory_dim']}"
             raise InputError(msg)
-        n = col.count()
-        if n == 0:
-            return [[] for _ in range(len(q))]
-        where = _user_where(where)
+        where = _user_where(where)  # Chroma clips n_results to what it holds: no count() (5 ms at 100k chunks)
         if self._sidecar is None:
-            res = col.query(
-                query_embeddings=q,
-                n_results=min(k, n),
-                where=where,
-                include=["documents", "metadatas", "distances"],
-            )
+            include = ["documents", "metadatas", "distances"]
+            res = col.query(query_embeddings=q, n_results=k, where=where, include=include)
             return [
                 [_hit(cid, doc, meta, 1.0 - float(d)) for cid, doc, meta, d in zip(*cols)]
                 for cols in zip(res["ids"], res["documents"], res["metadatas"], res["distances"])
             ]
-        return self._search_pca(col, q, k, n, where)
+        return self._search_pca(col, q, k, where)
 
-    def _search_pca(self, col: Any, q: np.ndarray, k: int, n: int, where: dict | None) -> list[list[Hit]]:
+    def _search_pca(self, col: Any, q: np.ndarray, k: int, where: dict | None) -> list[list[Hit]]:
         """ANN over the projection for candidates, then exact fp32 cosine over their full memories."""
         import torch.nn.functional as F
 
         assert self._sidecar is not None
         projection = self._current_projection()
-        n_cand = min(max(self.candidates, 4 * k), n)
-        res = col.query(query_embeddings=projection.queries(q), n_results=n_cand, where=where, include=["metadatas"])
-        out = []
-        for qi, (ids, metas) in enumerate(zip(res["ids"], res["metadatas"])):
-            mems = torch_float(self._sidecar.read_raw([int(m["clara_row"]) for m in metas]))  # (C, D)
+        n_cand = max(self.candidates, 4 * k)
+        if where is None and self._scan is not None:
+            scanned = self._scan_candidates(col, q, projection, n_cand)
+            missing = [i for i, cands in enumerate(scanned) if cands is None]
+            if missing:  # too many deleted rows among the scan's candidates: ask HNSW for those questions
+                for i, cands in zip(missing, self._ann_candidates(col, q[missing], projection, n_cand, None)):
+                    scanned[i] = cands
+            candidates = scanned
+        else:
+            candidates = self._ann_candidates(col, q, projection, n_cand, where)
+        ranked = []
+        for qi, cands in enumerate(candidates):
+            if not cands:
+                ranked.append([])
+                continue
+            mems = torch_float(self._sidecar.read_raw([int(meta["clara_row"]) for _, meta, _ in cands]))  # (C, D)
             scores = (mems @ F.normalize(torch_float(q[qi]), dim=0)) / mems.norm(dim=1).clamp_min(1e-12)  # (C,)
             top = scores.argsort(descending=True, stable=True)[:k].tolist()
-            texts = dict(
-                zip(*[col.get(ids=[ids[i] for i in top], include=["documents"])[key] for key in ("ids", "documents")])
-            )
-            out.append([_hit(ids[i], texts.get(ids[i], ""), metas[i], float(scores[i])) for i in top])
+            ranked.append([(*cands[i], float(scores[i])) for i in top])
+        wanted = [cid for row in ranked for cid, _, text, _ in row if text is None]
+        texts: dict[str, str] = {}
+        if wanted:  # HNSW candidates come without their texts: one get for every question's top k
+            got = col.get(ids=list(dict.fromkeys(wanted)), include=["documents"])
+            texts = dict(zip(got["ids"], got["documents"]))
+        return [
+            [_hit(cid, text if text is not None else texts.get(cid, ""), meta, score) for cid, meta, text, score in row]
+            for row in ranked
+        ]
+
+    def _scan_candidates(self, col: Any, q: np.ndarray, projection: Projection, n_cand: int) -> list[list | None]:
+        """Per question the live ``(id, metadata, text)`` of the exact scan's top rows; None when too few are live."""
+        assert self._sidecar is not None and self._scan is not None
+        committed = self._sidecar.refresh_committed()
+        rows, ids = self._scan.top_rows(projection.project_queries(q), committed, n_cand)
+        wanted = list(dict.fromkeys(cid for row in ids for cid in row if cid))
+        records: dict[str, tuple[dict, str]] = {}
+        for start in range(0, len(wanted), _GET_BATCH):
+            got = col.get(ids=wanted[start : start + _GET_BATCH], include=["metadatas", "documents"])
+            records.update((cid, (meta, doc)) for cid, meta, doc in zip(got["ids"], got["metadatas"], got["documents"]))
+        out: list[list | None] = []
+        for row_ids, row_rows in zip(ids, rows):
+            # live: the record exists and still points at this row (re-indexed chunks get new rows)
+            live = [
+                (cid, records[cid][0], records[cid][1] or "")
+                for cid, r in zip(row_ids, row_rows)
+                if cid in records and int(records[cid][0]["clara_row"]) == r
+            ]
+            out.append(live if len(live) >= min(n_cand, len(row_rows)) // 2 or len(row_rows) < n_cand else None)
         return out
+
+    def _ann_candidates(
+        self, col: Any, q: np.ndarray, projection: Projection, n_cand: int, where: dict | None
+    ) -> list[list]:
+        """Per question ``(id, metadata, None)`` of Chroma's HNSW top candidates over the projections."""
+        res = col.query(query_embeddings=projection.queries(q), n_results=n_cand, where=where, include=["metadatas"])
+        return [[(c, meta, None) for c, meta in zip(ids, metas)] for ids, metas in zip(res["ids"], res["metadatas"])]
 
     # ------------------------------------------------------------------ writing
     def add(self, records: Sequence[ChunkRecord], memories: np.ndarray) -> None:
@@ -510,8 +582,11 @@ class ClaraStore:
             path = sidecar.folder / "projection.npz"
             if not path.exists():
                 Projection.fit(batch, self.ann_dim).save(path)
+                self._open_scan(self._current_projection())
             projection = self._current_projection()
             first = sidecar.append(batch)
+            assert self._scan is not None
+            self._scan.append(first, [r.id for r in recs], projection.project(batch), projection.key)
             metas = [{**_record_meta(r), "clara_row": first + i} for i, r in enumerate(recs)]
             col.upsert(
                 ids=[r.id for r in recs],

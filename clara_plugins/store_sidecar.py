@@ -56,6 +56,8 @@ class SidecarMemories:
         self.data_path = self.folder / "memories.bin"
         self.state_path = self.folder / "state.json"
         self._lock = threading.RLock()
+        self._write_mutex = threading.RLock()  # threads of this process; flock serializes processes
+        self._write_depth = 0
         self._map: np.memmap | None = None
         self.committed = self._read_state()
 
@@ -115,13 +117,26 @@ class SidecarMemories:
     # ---- writing -----------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:
-        """An exclusive lock across processes (``fcntl.flock``) for one append + Chroma write + commit."""
-        with open(self.folder / "write.lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """An exclusive lock across processes (``fcntl.flock``) for one append + Chroma write + commit.
+
+        Re-entrant within a thread: a second ``flock`` on a new handle of the same file would wait for the first.
+        """
+        with self._write_mutex:
+            if self._write_depth:
+                self._write_depth += 1
+                try:
+                    yield
+                finally:
+                    self._write_depth -= 1
+                return
+            with open(self.folder / "write.lock", "a+") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                self._write_depth = 1
+                try:
+                    yield
+                finally:
+                    self._write_depth = 0
+                    fcntl.flock(handle, fcntl.LOCK_UN)
 
     def append(self, rows: np.ndarray) -> int:
         """Write ``rows [N, dim]`` after the committed rows (call inside ``write_lock``); returns the first row index.
@@ -146,6 +161,12 @@ class SidecarMemories:
                 f.flush()
                 os.fsync(f.fileno())
             return start
+
+    def refresh_committed(self) -> int:
+        """The committed row count, re-read from ``state.json`` (another process may have added rows)."""
+        with self._lock:
+            self.committed = self._read_state()
+            return self.committed
 
     def commit(self, end: int) -> None:
         """Record that rows ``< end`` are referenced by Chroma."""
@@ -208,8 +229,30 @@ class Projection:
         self.basis = np.ascontiguousarray(basis, dtype=np.float32)  # (D, d)
         self.fit_rows = int(fit_rows)  # chunks the directions were fitted on
         self.augment = bool(augment)
+        self._key: str | None = None
         # the math runs in torch: one thread pool with the model's (numpy's BLAS pool next to torch's can stall)
         self._mean_t, self._basis_t = torch.from_numpy(self.mean), torch.from_numpy(self.basis)
+
+    @property
+    def key(self) -> str:
+        """A hash of the mean and basis (the scan index records which projection its rows were made with)."""
+        if self._key is None:
+            import hashlib
+
+            self._key = hashlib.sha1(self.mean.tobytes() + self.basis.tobytes()).hexdigest()[:20]
+        return self._key
+
+    def project(self, memories: np.ndarray) -> np.ndarray:
+        """``z = (x/|x| - mean) @ basis`` without augmentation ``[N, d]`` (the rows of the exact scan)."""
+        import torch.nn.functional as F
+
+        return ((F.normalize(torch_float(memories), dim=1) - self._mean_t) @ self._basis_t).numpy()
+
+    def project_queries(self, queries: np.ndarray) -> np.ndarray:
+        """Unit ``q @ basis`` ``[B, d]``: ranking rows by ``q . z`` is ranking them by projected cosine."""
+        import torch.nn.functional as F
+
+        return F.normalize(torch_float(queries) @ self._basis_t, dim=1).numpy()
 
     @property
     def width(self) -> int:

@@ -241,3 +241,68 @@ def test_format_1_projection_without_augmentation_still_loads(tmp_path):
     np.savez(path, mean=old.mean, basis=old.basis, fit_rows=np.array(old.fit_rows))  # what format 1 wrote
     loaded = Projection.load(path)
     assert not loaded.augment and loaded.docs(x).shape == (50, 16)
+
+
+def test_refit_pages_through_every_record(tmp_path, monkeypatch):
+    """Re-projection reads the records page by page (one get of 100k records exceeds SQLite's variable limit)."""
+    import clara_plugins.store as store_module
+
+    store = _open(tmp_path, layout="pca", ann_dim=32)
+    x = _vectors(60)
+    store.add(_records(60), x)
+    monkeypatch.setattr(store_module, "_GET_BATCH", 7)
+    col = store._collection()
+    with store._sidecar.write_lock():
+        store._refit(col)
+    proj = store._current_projection()
+    got = col.get(ids=[f"d{i}#0" for i in range(60)], include=["embeddings"])
+    expected = proj.docs(store.get_memories(got["ids"]))
+    np.testing.assert_allclose(np.asarray(got["embeddings"]), expected, atol=1e-5)
+
+
+def _ids(hits) -> list[str]:
+    return [h.id for h in hits]
+
+
+def test_pca_search_scans_exactly_and_skips_stale_rows(tmp_path):
+    """Search scans the projections of every row; deleted and overwritten chunks' old rows are never returned."""
+    store = _open(tmp_path, layout="pca", ann_dim=32)
+    x = _vectors(120)
+    store.add(_records(120), x)
+    assert store._scan is not None and store._scan.state()["rows"] == 120
+    q = x[3]
+    assert _ids(store.search(q[None], k=1)[0]) == ["d3#0"]
+    store.delete(ids=["d3#0"])
+    assert "d3#0" not in _ids(store.search(q[None], k=5)[0])
+    store.add(_records(1, offset=7), x[50:51])  # chunk d7 now holds the memory of d50
+    hits = store.search(x[50][None], k=2)[0]
+    assert sorted(_ids(hits)) == ["d50#0", "d7#0"] and len(set(_ids(hits))) == 2
+    assert "d7#0" not in _ids(store.search(x[7][None], k=1)[0])  # its old row is stale
+
+
+def test_pca_scan_is_rebuilt_when_missing_and_cut_after_a_crash(tmp_path):
+    store = _open(tmp_path, layout="pca", ann_dim=32)
+    x = _vectors(80)
+    store.add(_records(80), x)
+    folder = store._sidecar.folder
+    expected = [_ids(store.search(x[i][None], k=3)[0]) for i in range(5)]
+    for name in ("scan.json", "scan_ids.jsonl", "scan_vectors.bin"):  # a store from before the scan existed
+        (folder / name).unlink()
+    reopened = _open(tmp_path)
+    assert [_ids(reopened.search(x[i][None], k=3)[0]) for i in range(5)] == expected
+    # a batch whose scan rows were written but whose Chroma records never were (killed in between)
+    scan = reopened._scan
+    scan.append(80, ["ghost#0"], np.zeros((1, 32), dtype=np.float32), reopened._current_projection().key)
+    assert scan.state()["rows"] == 81
+    again = _open(tmp_path)
+    assert again._scan.state()["rows"] == 80
+    assert [_ids(again.search(x[i][None], k=3)[0]) for i in range(5)] == expected
+
+
+def test_pca_search_falls_back_to_hnsw_when_most_scanned_rows_are_stale(tmp_path):
+    store = _open(tmp_path, layout="pca", ann_dim=32, candidates=20)
+    x = _vectors(100)
+    store.add(_records(100), x)
+    store.delete(ids=[f"d{i}#0" for i in range(95)])
+    hits = store.search(x[97][None], k=3)[0]
+    assert _ids(hits)[0] == "d97#0" and set(_ids(hits)) <= {f"d{i}#0" for i in range(95, 100)}
