@@ -343,7 +343,17 @@ def train_clara(model: ClaraModel, data: TrainData, args: argparse.Namespace, wo
     run_stage(model, "2", rows2, args, work, max_steps=args.steps2, batch_size=b, learning_rate=args.lr, max_docs=5)
     rows3 = stage3_rows(data)
     if args.stepsR:
-        run_stage(model, "retrieval", rows3, args, work, max_steps=args.stepsR, batch_size=2 * b, learning_rate=args.lr)
+        run_stage(
+            model,
+            "retrieval",
+            rows3,
+            args,
+            work,
+            max_steps=args.stepsR,
+            batch_size=2 * b,
+            learning_rate=args.lr,
+            in_batch_negatives=args.in_batch_negatives,
+        )
     run_stage(
         model,
         "3",
@@ -420,6 +430,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps2", type=int, default=120)
     p.add_argument("--stage2-docs", type=int, default=3, help="passages per stage-2 example (gold + negatives)")
     p.add_argument("--stepsR", type=int, default=1500, help="query-reasoner InfoNCE warm-up steps (0: none)")
+    p.add_argument(
+        "--in-batch-negatives",
+        action="store_true",
+        help="stage R also uses the other questions' candidates as negatives (the training module's default; the "
+        "shipped weights were built without it)",
+    )
     p.add_argument("--steps3", type=int, default=150)
     p.add_argument("--n-candidates", type=int, default=16, help="candidates per question in stages R and 3")
     p.add_argument("--batch", type=int, default=8, help="examples per step in stages 1, 2, 3")

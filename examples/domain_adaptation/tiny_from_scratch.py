@@ -77,6 +77,12 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="re-initialise the generator for stage 2 as the paper does (default: continue stage 1's generator)",
     )
+    p.add_argument(
+        "--in-batch-negatives",
+        action="store_true",
+        help="the InfoNCE baseline also uses the other questions' candidates as negatives (the training module's "
+        "default; the table in docs/training.md was made without it)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return p.parse_args()
@@ -235,7 +241,16 @@ def main() -> None:
     stage2_model = copy.deepcopy(model)
     model = run_stage("3", model, train3, args.steps[3], args, learning_rate=1e-3, top_k=5, temperature=0.02)
     table.append(measure(model, "after stage 3 (no labels)", held1_eval, held2, held3, args))
-    ret = run_stage("retrieval", stage2_model, train3, args.steps[4], args, learning_rate=1e-3, temperature=0.02)
+    ret = run_stage(
+        "retrieval",
+        stage2_model,
+        train3,
+        args.steps[4],
+        args,
+        learning_rate=1e-3,
+        temperature=0.02,
+        in_batch_negatives=args.in_batch_negatives,
+    )
     table.append(measure(ret, "stage 2 + InfoNCE query reasoner (labels)", held1_eval, held2, held3, args))
     table.append(
         {
