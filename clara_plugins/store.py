@@ -5,11 +5,13 @@ Two layouts, chosen when the collection is created and recorded in its metadata 
 
 - ``"full"``: the Chroma embedding *is* the flattened memory (cosine space). Chroma's distances are then the exact
   CLaRa cosine and the memories come back from Chroma itself, so any client works (``PersistentClient``,
-  ``HttpClient``, ``EphemeralClient``). Used whenever ``memory_dim <= full_max_dim`` and for non-local clients.
-- ``"pca"``: for wide memories (65,536 numbers per chunk for 7B at compression 16) on a local ``PersistentClient``.
-  Full memories live as fp16 rows in an append-only memory-mapped sidecar file next to the Chroma folder; Chroma
-  indexes a 256-d principal-component projection (inner-product space); a search takes the ANN's top candidates and
-  re-ranks them by exact fp32 cosine over the sidecar memories.
+  ``HttpClient``, ``EphemeralClient``). Used whenever ``memory_dim <= full_max_dim`` (1,024) and for non-local
+  clients.
+- ``"pca"``: for wide memories (3,072 numbers per chunk for the bundled tiny model, 65,536 for 7B at compression
+  16) on a local ``PersistentClient``. Full memories live as fp16 rows in an append-only memory-mapped sidecar file
+  next to the Chroma folder; a search scans the 256-d principal-component projections of every row exactly
+  (``store_scan.ScanIndex``) and re-ranks the top candidates by exact fp32 cosine over the sidecar memories.
+  Chroma indexes the same projections (augmented, cosine space) for ``where``-filtered searches.
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ class ScanIndex:
         self._state_mtime: int | None = None
         self._ids: list[str] = []
         self._ids_offset = 0  # bytes of scan_ids.jsonl read into _ids
+        self._ids_inode: int | None = None
         self._vectors = None  # torch tensor over a memmap of scan_vectors.bin
 
     # ---- state ---------------------------------------------------------------------------------------------
@@ -144,6 +145,7 @@ class ScanIndex:
     def _reset(self) -> None:
         with self._lock:
             self._ids, self._ids_offset, self._vectors, self._state_mtime = [], 0, None, None
+            self._ids_inode = None
 
     # ---- reading -------------------------------------------------------------------------------------------
     def _refresh(self, rows: int) -> None:
@@ -152,9 +154,9 @@ class ScanIndex:
 
         mtime = self.state_path.stat().st_mtime_ns
         if mtime != self._state_mtime:
-            state = self.state()
-            if state is not None and state["rows"] < len(self._ids):  # truncated or rebuilt elsewhere
-                self._ids, self._ids_offset = [], 0
+            inode = self.ids_path.stat().st_ino
+            if inode != self._ids_inode:  # rewritten (truncated or rebuilt, here or in another process): read again
+                self._ids, self._ids_offset, self._ids_inode = [], 0, inode
             self._vectors, self._state_mtime = None, mtime
         if len(self._ids) < rows:
             with open(self.ids_path, "rb") as f:

@@ -306,3 +306,17 @@ def test_pca_search_falls_back_to_hnsw_when_most_scanned_rows_are_stale(tmp_path
     store.delete(ids=[f"d{i}#0" for i in range(95)])
     hits = store.search(x[97][None], k=3)[0]
     assert _ids(hits)[0] == "d97#0" and set(_ids(hits)) <= {f"d{i}#0" for i in range(95, 100)}
+
+
+def test_pca_reader_in_another_process_sees_a_rebuilt_scan(tmp_path):
+    """A second store object (as in another process) re-reads the scan ids after a refit rewrote them."""
+    writer = _open(tmp_path, layout="pca", ann_dim=32)
+    x = _vectors(90)
+    writer.add(_records(40), x[:40])
+    reader = _open(tmp_path)
+    assert _ids(reader.search(x[5][None], k=1)[0]) == ["d5#0"]
+    writer.delete(ids=["d5#0"])
+    writer.add(_records(50, offset=40), x[40:90])  # doubles the store: refit, scan rebuilt with "" for row 5
+    assert writer._current_projection().fit_rows > 40
+    for i in (7, 45, 88):
+        assert _ids(reader.search(x[i][None], k=1)[0]) == [f"d{i}#0"]
