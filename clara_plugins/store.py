@@ -331,7 +331,7 @@ class ClaraStore:
         assert self._sidecar is not None
         scan = ScanIndex(self._sidecar.folder, projection.basis.shape[1])
         with self._sidecar.write_lock():
-            committed = self._sidecar.committed
+            committed = self._sidecar.refresh_committed()  # another process may have committed rows since we opened
             if scan.usable(committed, projection.key):
                 scan.truncate(committed)
             else:
@@ -493,12 +493,14 @@ class ClaraStore:
         return self._search_pca(col, q, k, where)
 
     def _search_pca(self, col: Any, q: np.ndarray, k: int, where: dict | None) -> list[list[Hit]]:
-        """ANN over the projection for candidates, then exact fp32 cosine over their full memories."""
+        """Candidates from the exact scan (HNSW with a ``where`` filter), then exact fp32 cosine over their memories."""
         import torch.nn.functional as F
 
         assert self._sidecar is not None
         projection = self._current_projection()
         n_cand = max(self.candidates, 4 * k)
+        if self._scan is None:  # opened while empty; another process has added chunks since
+            self._open_scan(projection)
         if where is None and self._scan is not None:
             scanned = self._scan_candidates(col, q, projection, n_cand)
             missing = [i for i, cands in enumerate(scanned) if cands is None]
@@ -584,8 +586,9 @@ class ClaraStore:
             path = sidecar.folder / "projection.npz"
             if not path.exists():
                 Projection.fit(batch, self.ann_dim).save(path)
-                self._open_scan(self._current_projection())
             projection = self._current_projection()
+            if self._scan is None:  # a new store, or one that another process started after we opened it
+                self._open_scan(projection)
             first = sidecar.append(batch)
             assert self._scan is not None
             self._scan.append(first, [r.id for r in recs], projection.project(batch), projection.key)

@@ -320,3 +320,14 @@ def test_pca_reader_in_another_process_sees_a_rebuilt_scan(tmp_path):
     assert writer._current_projection().fit_rows > 40
     for i in (7, 45, 88):
         assert _ids(reader.search(x[i][None], k=1)[0]) == [f"d{i}#0"]
+
+
+def test_pca_store_opened_empty_uses_rows_another_process_added(tmp_path):
+    early = _open(tmp_path, layout="pca", ann_dim=32)
+    assert early.count() == 0 and early._scan is None
+    other = _open(tmp_path)
+    x = _vectors(30)
+    other.add(_records(30), x)
+    assert _ids(early.search(x[4][None], k=1)[0]) == ["d4#0"]
+    early.add(_records(5, offset=30), _vectors(5, seed=9))
+    assert early.count() == 35 and early._scan.state()["rows"] == 35
