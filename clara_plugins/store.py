@@ -382,12 +382,14 @@ class ClaraStore:
             col.update(ids=res["ids"], embeddings=proj.docs(self._sidecar.read(rows)))
             ids_by_row.update(zip(rows, res["ids"]))
             start += page
-        scan = self._scan or ScanIndex(self._sidecar.folder, proj.basis.shape[1])
-        self._rebuild_scan(scan, proj, ids_by_row)
-        self._scan = scan
+        # the new projection takes over first: until the scan is rebuilt for it, searches see the key mismatch and
+        # use HNSW (already re-projected); during the long update loop above the old scan and projection still agree
         folder = self._sidecar.folder
         os.replace(folder / "projection.next.npz", folder / "projection.npz")
         self._current_projection()
+        scan = self._scan or ScanIndex(self._sidecar.folder, proj.basis.shape[1])
+        self._rebuild_scan(scan, proj, ids_by_row)
+        self._scan = scan
         logger.info("re-projected %d chunks on a projection fitted to %d", len(ids_by_row), proj.fit_rows)
 
     def _referenced_end(self, committed: int) -> int:
@@ -532,6 +534,9 @@ class ClaraStore:
     def _scan_candidates(self, col: Any, q: np.ndarray, projection: Projection, n_cand: int) -> list[list | None]:
         """Per question the live ``(id, metadata, text)`` of the exact scan's top rows; None when too few are live."""
         assert self._sidecar is not None and self._scan is not None
+        state = self._scan.state()
+        if state is None or state["projection"] != projection.key:  # a refit is rebuilding the scan right now
+            return [None] * len(q)
         committed = self._sidecar.refresh_committed()
         rows, ids = self._scan.top_rows(projection.project_queries(q), committed, n_cand)
         wanted = list(dict.fromkeys(cid for row in ids for cid in row if cid))

@@ -157,7 +157,9 @@ def test_other_model_is_refused(indexed, fresh_tiny_model, tmp_path):
         ClaraRAG(fresh_tiny_model, ClaraStore(path=tmp_path / "db"))
 
 
-def test_searches_from_threads_while_indexing(rag, passages):
+@pytest.mark.parametrize("layout", ["full", "pca"])
+def test_searches_from_threads_while_indexing(tiny_model, tmp_path, passages, layout):
+    rag = ClaraRAG(tiny_model, ClaraStore(path=tmp_path / "db", layout=layout, ann_dim=32))
     rag.index(passages[:4], show_progress=False)
     errors, results = [], []
     stop = threading.Event()

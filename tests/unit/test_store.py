@@ -331,3 +331,13 @@ def test_pca_store_opened_empty_uses_rows_another_process_added(tmp_path):
     assert _ids(early.search(x[4][None], k=1)[0]) == ["d4#0"]
     early.add(_records(5, offset=30), _vectors(5, seed=9))
     assert early.count() == 35 and early._scan.state()["rows"] == 35
+
+
+def test_pca_search_uses_hnsw_while_the_scan_is_rebuilt_for_a_new_projection(tmp_path):
+    store = _open(tmp_path, layout="pca", ann_dim=32)
+    x = _vectors(60)
+    store.add(_records(60), x)
+    state = store._scan.state()
+    store._scan._write_state(state["rows"], "another-projection")  # the moment between projection and scan swap
+    assert store._scan_candidates(store._collection(), x[:1], store._current_projection(), 20) == [None]
+    assert _ids(store.search(x[9][None], k=1)[0]) == ["d9#0"]
