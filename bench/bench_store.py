@@ -2,12 +2,13 @@
 
 Parts (each prints a table and compares against its alternative in the same run):
   tiny    real tiny model on SciFact abstracts: store time vs compressor time for N chunks (default 10k), search
-          p50/p95 with question encoding, recall@10 vs exact CLaRa ranking, disk per chunk vs fp16 memories;
-          then grows the same store to --grow chunks (default 100k) with memories derived from the real ones and
-          measures search again.
+          p50/p95 with question encoding, recall@10 vs exact CLaRa ranking, disk per chunk vs fp16 memories, and
+          the other layout on the same chunks; then indexes more real chunks (overlapping windows of the SciFact
+          and NQ texts, each a new chunk text) until --grow chunks (default 100k) and measures search again
+          (about 22 min on an idle 2-core machine).
   hnsw    Chroma's default HNSW settings vs ours: recall@10 on random isotropic 256-d vectors (the hard case).
   wide    65,536-d memories (7B at compression 16) on synthetic low-rank data: "pca" layout (fp16 sidecar +
-          256-d projection in Chroma + exact re-rank) vs the "full" layout (whole vectors in Chroma).
+          exact scan of 256-d projections + exact re-rank) vs the "full" layout (whole vectors in Chroma).
 
 Usage:  python bench/bench_store.py --part tiny [--chunks 10000] [--grow 100000]
         python bench/bench_store.py --part hnsw [--hnsw-n 20000]
