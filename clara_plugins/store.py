@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -338,15 +338,21 @@ class ClaraStore:
                 self._rebuild_scan(scan, projection, self._rows_to_ids())
         self._scan = scan
 
-    def _rows_to_ids(self) -> dict[int, str]:
-        """Sidecar row -> chunk id of every Chroma record (paged: SQLite caps the variables of one statement)."""
-        out, page, start = {}, min(_GET_BATCH, self.max_batch), 0
+    def _metadata_pages(self, col: Any) -> Iterator[tuple[list[str], list[dict[str, Any]]]]:
+        """``(ids, metadatas)`` of every record, a page at a time: one ``get`` of all records fails past SQLite's
+        variable limit (about 30k chunks)."""
+        page, start = min(_GET_BATCH, self.max_batch), 0
         while True:
-            res = self._col.get(include=["metadatas"], limit=page, offset=start)
+            res = col.get(include=["metadatas"], limit=page, offset=start)
             if not res["ids"]:
-                return out
-            out.update((int(m["clara_row"]), cid) for cid, m in zip(res["ids"], res["metadatas"]))
+                return
+            yield res["ids"], res["metadatas"]
             start += page
+
+    def _rows_to_ids(self) -> dict[int, str]:
+        """Sidecar row -> chunk id of every Chroma record."""
+        pages = self._metadata_pages(self._col)
+        return {int(m["clara_row"]): cid for ids, metas in pages for cid, m in zip(ids, metas)}
 
     def _rebuild_scan(self, scan: ScanIndex, projection: Projection, ids_by_row: dict[int, str]) -> None:
         assert self._sidecar is not None
@@ -373,15 +379,11 @@ class ClaraStore:
     def _apply_projection(self, col: Any, proj: Projection) -> None:
         """Re-project every record with ``proj``, then make it the current projection (call under write lock)."""
         assert self._sidecar is not None
-        page, start, ids_by_row = min(_GET_BATCH, self.max_batch), 0, {}
-        while True:  # paged: one get of every record fails past SQLite's variable limit (about 30k chunks)
-            res = col.get(include=["metadatas"], limit=page, offset=start)
-            if not res["ids"]:
-                break
-            rows = [int(m["clara_row"]) for m in res["metadatas"]]
-            col.update(ids=res["ids"], embeddings=proj.docs(self._sidecar.read(rows)))
-            ids_by_row.update(zip(rows, res["ids"]))
-            start += page
+        ids_by_row: dict[int, str] = {}
+        for ids, metas in self._metadata_pages(col):
+            rows = [int(m["clara_row"]) for m in metas]
+            col.update(ids=ids, embeddings=proj.docs(self._sidecar.read(rows)))
+            ids_by_row.update(zip(rows, ids))
         # the new projection takes over first: until the scan is rebuilt for it, searches see the key mismatch and
         # use HNSW (already re-projected); during the long update loop above the old scan and projection still agree
         folder = self._sidecar.folder
@@ -552,7 +554,7 @@ class ClaraStore:
                 for cid, r in zip(row_ids, row_rows)
                 if cid in records and int(records[cid][0]["clara_row"]) == r
             ]
-            out.append(live if len(live) >= min(n_cand, len(row_rows)) // 2 or len(row_rows) < n_cand else None)
+            out.append(live if len(row_rows) < n_cand or len(live) >= n_cand // 2 else None)
         return out
 
     def _ann_candidates(
@@ -627,11 +629,8 @@ class ClaraStore:
         """Counts, model and layout of the store."""
         col = self._collection()
         meta = self.meta
-        docs: set[str] = set()
         n = col.count()
-        for start in range(0, n, 5000):
-            res = col.get(include=["metadatas"], limit=5000, offset=start)
-            docs.update(m["clara_doc"] for m in res["metadatas"] or [])
+        docs = {m["clara_doc"] for _, metas in self._metadata_pages(col) for m in metas}
         folder = self.local_folder
         disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder else None
         return StoreInfo(

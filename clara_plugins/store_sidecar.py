@@ -153,8 +153,7 @@ class SidecarMemories:
             )
             raise StoreError(msg)
         with self._lock:
-            self.committed = self._read_state()  # another process may have committed rows meanwhile
-            start = self.committed
+            start = self.refresh_committed()  # another process may have committed rows meanwhile
             with open(self.data_path, "ab") as f:
                 f.truncate(start * self.row_bytes)  # drop rows of an earlier failed batch
                 f.write(data.tobytes())
@@ -242,17 +241,23 @@ class Projection:
             self._key = hashlib.sha1(self.mean.tobytes() + self.basis.tobytes()).hexdigest()[:20]
         return self._key
 
-    def project(self, memories: np.ndarray) -> np.ndarray:
-        """``z = (x/|x| - mean) @ basis`` without augmentation ``[N, d]`` (the rows of the exact scan)."""
+    def _z(self, memories: np.ndarray):
         import torch.nn.functional as F
 
-        return ((F.normalize(torch_float(memories), dim=1) - self._mean_t) @ self._basis_t).numpy()
+        return (F.normalize(torch_float(memories), dim=1) - self._mean_t) @ self._basis_t
+
+    def _q(self, queries: np.ndarray):
+        import torch.nn.functional as F
+
+        return F.normalize(torch_float(queries) @ self._basis_t, dim=1)
+
+    def project(self, memories: np.ndarray) -> np.ndarray:
+        """``z = (x/|x| - mean) @ basis`` without augmentation ``[N, d]`` (the rows of the exact scan)."""
+        return self._z(memories).numpy()
 
     def project_queries(self, queries: np.ndarray) -> np.ndarray:
         """Unit ``q @ basis`` ``[B, d]``: ranking rows by ``q . z`` is ranking them by projected cosine."""
-        import torch.nn.functional as F
-
-        return F.normalize(torch_float(queries) @ self._basis_t, dim=1).numpy()
+        return self._q(queries).numpy()
 
     @property
     def width(self) -> int:
@@ -282,10 +287,8 @@ class Projection:
     def docs(self, memories: np.ndarray) -> np.ndarray:
         """Projected document vectors ``[N, d]``."""
         import torch
-        import torch.nn.functional as F
 
-        x = F.normalize(torch_float(memories), dim=1)
-        z = (x - self._mean_t) @ self._basis_t
+        z = self._z(memories)
         if self.augment:
             rest = (self.RADIUS**2 - z.square().sum(dim=1, keepdim=True)).clamp_min(0.0).sqrt()
             z = torch.cat([z, rest], dim=1)
@@ -294,9 +297,8 @@ class Projection:
     def queries(self, queries: np.ndarray) -> np.ndarray:
         """Projected query vectors ``[B, d]`` (unit norm: only their direction matters for ranking)."""
         import torch
-        import torch.nn.functional as F
 
-        q = F.normalize(torch_float(queries) @ self._basis_t, dim=1)
+        q = self._q(queries)
         if self.augment:
             q = torch.cat([q, q.new_zeros(len(q), 1)], dim=1)
         return q.numpy()
