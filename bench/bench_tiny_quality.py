@@ -10,7 +10,9 @@ Rows, per split, in one table:
 - retrieval: Recall@5 (the gold passage among the passages of the top-5 chunks) of CLaRa's query reasoner vs BM25
   (rank-bm25) over the same chunks;
 - answers: F1 / EM of CLaRa reading the top-5 chunks compressed vs the same base decoder (adapters off) reading the
-  raw text of the same top-5 chunks, for both retrievers.
+  raw text of the same top-5 chunks, for both retrievers;
+- a reference bar: the question itself given as the answer (no retrieval, no model). This data's answers restate
+  their question, so a reader that merely copies words from its prompt reaches this F1.
 
     python bench/bench_tiny_quality.py                 # 200 questions per held-out split
     python bench/bench_tiny_quality.py --n 50 --splits heldout_question train
@@ -85,6 +87,9 @@ def evaluate_split(name: str, rows: list[dict], model: ClaraModel, text: TextRAG
                         f"recall@{args.k}": r_at_k, "f1": m["f1"], "em": m["em"]})  # fmt: skip
         if retriever == "clara":
             examples = list(zip(questions, golds, answers["clara"], answers["text"], strict=True))[:3]
+    echo = qa_metrics(questions, golds)
+    out.append({"split": name, "n": len(rows), "retriever": "-", "reader": "echo",
+                f"recall@{args.k}": None, "f1": echo["f1"], "em": echo["em"]})  # fmt: skip
     for q, g, c, t in examples:
         print(f"  [{name}] Q: {q}\n      gold: {g[0]}\n      clara: {c!r}\n      text:  {t!r}")
     return out
@@ -122,10 +127,15 @@ def main() -> None:
     seconds = time.perf_counter() - started
     print(f"\ncorpus: {len(passages)} passages, {len(chunks)} chunks; model {args.model}; {seconds:.0f} s")
     print(f"{'split':17} {'n':>4} {'retriever':10} {f'Recall@{args.k}':>9} {'reader':24} {'F1':>6} {'EM':>6}")
-    reader_names = {"clara": f"CLaRa ({model.n_mem} vec/chunk)", "text": "base LM on raw text"}
+    reader_names = {
+        "clara": f"CLaRa ({model.n_mem} vec/chunk)",
+        "text": "base LM on raw text",
+        "echo": "the question, as answer",
+    }
     for r in results:
+        r_at_k = r[f"recall@{args.k}"]
         print(
-            f"{r['split']:17} {r['n']:>4} {r['retriever']:10} {r[f'recall@{args.k}']:>9.1f} "
+            f"{r['split']:17} {r['n']:>4} {r['retriever']:10} {'-' if r_at_k is None else f'{r_at_k:.1f}':>9} "
             f"{reader_names[r['reader']]:24} {r['f1']:>6.1f} {r['em']:>6.1f}"
         )
     if args.json:
