@@ -223,7 +223,8 @@ def stage0_phases(args: argparse.Namespace) -> list[Phase]:
 
 
 def run_stage0(lm, tokenizer, data: TrainData, phase: Phase, args: argparse.Namespace, out: Path) -> None:
-    """Full-parameter training of the base LM for one phase (fresh AdamW, cosine schedule with warm-up)."""
+    """Full-parameter training of the base LM for one phase (fresh AdamW, cosine schedule with warm-up), on the
+    LM's device."""
     if phase.steps <= 0:
         return
     rng = random.Random(phase.seed)
@@ -238,7 +239,8 @@ def run_stage0(lm, tokenizer, data: TrainData, phase: Phase, args: argparse.Name
         batch, weights = stage0_batch(
             tokenizer, data, rng, args.tokens0, args.lm_share, phase.max_docs, phase.answer_weight
         )
-        loss = weighted_lm_loss(lm, batch, weights)
+        device = lm.device
+        loss = weighted_lm_loss(lm, {k: v.to(device) for k, v in batch.items()}, weights.to(device))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
         opt.step()
@@ -443,6 +445,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr3", type=float, default=3e-4, help="learning rate of stage 3")
     p.add_argument("--quick", action="store_true", help="a few steps per stage (smoke test of the pipeline)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="device of stage 0 (stages 1-3 run where accelerate puts them: the GPU when there is one)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.steps0, args.steps0b, args.steps1, args.steps2, args.stepsR, args.steps3 = 6, 3, 4, 3, 3, 3
@@ -475,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             len(tokenizer), args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate, args.seed, 0.02
         )
         logger.info("base: %.2fM parameters", sum(p.numel() for p in lm.parameters()) / 1e6)
+    lm.to(args.device)
     for phase in phases:
         run_stage0(lm, tokenizer, data, phase, args, work)
         lm.save_pretrained(work / f"stage{phase.name}")
