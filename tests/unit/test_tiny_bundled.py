@@ -106,6 +106,25 @@ def test_build_script_has_help():
     assert "stage 0" in out.stdout and "--quick" in out.stdout
 
 
+def test_build_script_copy_batches_weigh_only_the_repeat(monkeypatch):
+    import importlib.util
+    import random
+
+    spec = importlib.util.spec_from_file_location("build_tiny_model", REPO / "scripts" / "build_tiny_model.py")
+    build = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "build_tiny_model", build)  # its dataclasses look their module up there
+    spec.loader.exec_module(build)
+    batch, weights = build.copy_batch(random.Random(0), vocab=4000, bos=1, rows=16)
+    assert weights.shape == batch["input_ids"].shape
+    for ids, mask, w in zip(batch["input_ids"], batch["attention_mask"], weights, strict=True):
+        row = ids[mask.bool()].tolist()
+        scored = (w[mask.bool()] > 0).nonzero().flatten().tolist()
+        span = len(scored) + 1  # the repeat's first token cannot be predicted, so it is not scored
+        assert scored == list(range(len(row) - span + 1, len(row)))  # the repeat only, to the end of the row
+        assert row[-span:] == row[-2 * span : -span]  # which is the span before it, token for token
+        assert row[0] == 1 and 8 <= span <= 48
+
+
 def test_clara_demo_answers_held_out_questions_with_sources(capsys, corpus, questions):
     from clara_plugins.cli import main
 
