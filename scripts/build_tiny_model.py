@@ -33,6 +33,7 @@ import re
 import shutil
 import sys
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,10 +189,14 @@ def stage0_batch(
     rows = [p + a for p, a in zip(prompts, answers, strict=True)]
     aw = answer_weight
     weights = [[(1 - aw) / len(p)] * len(p) + [aw / len(a)] * len(a) for p, a in zip(prompts, answers, strict=True)]
-    batch = pad_left(rows, tokenizer.bos_token_id, rows)
+    return pad_weighted(rows, weights, tokenizer.bos_token_id)
+
+
+def pad_weighted(rows: list[list[int]], weights: list[list[float]], pad_id: int) -> tuple[dict, torch.Tensor]:
+    """``pad_left`` of ``rows`` (every token a label) and the per-token ``weights`` padded the same way with 0."""
+    batch = pad_left(rows, pad_id, rows)
     width = batch["input_ids"].shape[1]
-    w = torch.tensor([[0.0] * (width - len(r)) + r for r in weights])
-    return batch, w
+    return batch, torch.tensor([[0.0] * (width - len(w)) + w for w in weights])
 
 
 def copy_batch(rng: random.Random, vocab: int, bos: int, rows: int = 32, max_len: int = 48, max_prefix: int = 16):
@@ -207,9 +212,7 @@ def copy_batch(rng: random.Random, vocab: int, bos: int, rows: int = 32, max_len
         prefix = [rng.randrange(10, vocab) for _ in range(rng.randint(0, max_prefix))]
         ids.append([bos, *prefix, *span, *span])
         weights.append([0.0] * (2 + len(prefix) + len(span)) + [1.0] * (len(span) - 1))
-    batch = pad_left(ids, bos, ids)
-    width = batch["input_ids"].shape[1]
-    return batch, torch.tensor([[0.0] * (width - len(w)) + w for w in weights])
+    return pad_weighted(ids, weights, bos)
 
 
 def weighted_lm_loss(lm, batch: dict, weights: torch.Tensor) -> torch.Tensor:
@@ -251,8 +254,6 @@ def stage0_phases(args: argparse.Namespace) -> list[Phase]:
 def run_stage0(lm, tokenizer, data: TrainData, phase: Phase, args: argparse.Namespace, out: Path) -> None:
     """Full-parameter training of the base LM for one phase (fresh AdamW, cosine schedule with warm-up), on the
     LM's device."""
-    if phase.steps <= 0:
-        return
     rng = random.Random(phase.seed)
     lm.train()
     opt = torch.optim.AdamW(lm.parameters(), lr=phase.lr, betas=(0.9, 0.95), weight_decay=0.01)
@@ -264,7 +265,8 @@ def run_stage0(lm, tokenizer, data: TrainData, phase: Phase, args: argparse.Name
     out.mkdir(parents=True, exist_ok=True)
     log = (out / f"stage{phase.name}_metrics.jsonl").open("w")
     bar = tqdm(range(phase.steps), desc=f"stage {phase.name}", disable=args.no_progress)
-    running, seen, started = {"loss": [], "copy_loss": []}, 0, time.perf_counter()
+    running, seen, started = defaultdict(list), 0, time.perf_counter()
+    device = lm.device
     for step in bar:
         # no draw without copy batches, so those phases see exactly the batches they saw before copy batches existed
         kind = "copy_loss" if phase.copy_share > 0 and rng.random() < phase.copy_share else "loss"
@@ -274,7 +276,6 @@ def run_stage0(lm, tokenizer, data: TrainData, phase: Phase, args: argparse.Name
             batch, weights = stage0_batch(
                 tokenizer, data, rng, args.tokens0, args.lm_share, phase.max_docs, phase.answer_weight
             )
-        device = lm.device
         loss = weighted_lm_loss(lm, {k: v.to(device) for k, v in batch.items()}, weights.to(device))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
@@ -285,12 +286,12 @@ def run_stage0(lm, tokenizer, data: TrainData, phase: Phase, args: argparse.Name
         seen += int(batch["attention_mask"].sum())
         bar.set_postfix({kind: f"{loss.item():.3f}"})
         if (step + 1) % 20 == 0 or step + 1 == phase.steps:
-            record = {"step": step + 1, **{k: round(sum(v) / len(v), 4) for k, v in running.items() if v}}
+            record = {"step": step + 1, **{k: round(sum(v) / len(v), 4) for k, v in running.items()}}
             record["tokens_per_s"] = round(seen / (time.perf_counter() - started), 1)
             log.write(json.dumps(record) + "\n")
             log.flush()
             logger.info("stage %s %s", phase.name, record)
-            running = {"loss": [], "copy_loss": []}
+            running = defaultdict(list)
     log.close()
     lm.eval()
 
@@ -514,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.base_from:  # resume after phase 0a with a saved base (work-dir/stage0a, or a build's tiny/base)
         lm, tokenizer = load_stage0(args.base_from)
         data = training_data(split, tokenizer, args.doc_max_length, args.n_candidates, args.seed)
-        phases = phases[2:]
+        phases = [p for p in phases if p.name == "0b"]
     else:
         tokenizer = build_tiny_tokenizer(train_texts + train_qa, args.vocab)
         data = training_data(split, tokenizer, args.doc_max_length, args.n_candidates, args.seed)
