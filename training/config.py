@@ -52,6 +52,11 @@ class TrainConfig:
         n_candidates: candidates mined per query when the retrieval stage reads a BEIR folder.
         in_batch_negatives: the retrieval stage scores each question against every candidate of its micro-batch
             (the other questions' candidates are extra negatives), not only its own list.
+        train_compressor: whether the compressor learns; None: the paper's choice (stages 1 and 2 yes, stage 3 and
+            retrieval no). ``True`` for retrieval makes it a dual encoder (documents encoded with gradient at every
+            step; it changes what documents are encoded with, so rebuild any index made before it, and train the
+            generator after it); ``False`` for stage 2 trains the generator alone on frozen memories (keeps a
+            retrieval geometry learnt before). Stages 1 and 3 cannot change it.
         eval_max_examples: at most this many held-out rows are evaluated (loss, recall, answers).
         eval_generate: also generate answers on held-out rows and log EM / F1 / cover-EM.
         max_new_tokens: generation length for that evaluation.
@@ -93,6 +98,7 @@ class TrainConfig:
     init_query_reasoner: bool = True
     n_candidates: int = 20
     in_batch_negatives: bool = True
+    train_compressor: bool | None = None
     eval_max_examples: int = 200
     eval_generate: bool = True
     max_new_tokens: int = 32
@@ -156,6 +162,13 @@ class TrainConfig:
         _check(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, ">= 0")
         _check(self.mse_weight >= 0, "mse_weight", self.mse_weight, ">= 0")
         _check(self.temperature > 0, "temperature", self.temperature, "> 0")
+        fixed = {"1": True, "3": False}  # stage 1 exists to train it; stage 3 must not move document encodings
+        _check(
+            self.train_compressor in (None, fixed.get(self.stage, self.train_compressor)),
+            "train_compressor",
+            self.train_compressor,
+            f"None or {fixed.get(self.stage)} for stage {self.stage}",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (tuples become lists)."""

@@ -129,9 +129,13 @@ class Stage:
                 self._doc_cache[text] = m
         return torch.stack([self._doc_cache[t] for t in texts])
 
+    def document_memories(self, model: ClaraModel, texts: Sequence[str]) -> torch.Tensor:
+        """Memories ``(len(texts), n, H)`` of candidate documents: frozen unless a stage trains the compressor."""
+        return self.frozen_memories(model, texts)
+
     def candidate_memories(self, model: ClaraModel, rows: Sequence[QARow]) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded candidates ``(B, N, n, H)`` and their mask ``(B, N)`` (rows may have different counts)."""
-        flat = self.frozen_memories(model, [d for r in rows for d in r.docs])
+        flat = self.document_memories(model, [d for r in rows for d in r.docs])
         width = max(len(r.docs) for r in rows)
         out = flat.new_zeros(len(rows), width, *flat.shape[1:])
         mask = torch.zeros(len(rows), width, dtype=torch.bool, device=flat.device)
@@ -186,6 +190,11 @@ class Stage2(Stage):
     name = "2"
     roles = ("compressor", "generator")
 
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__(config)
+        if config.train_compressor is False:  # the generator alone learns to read frozen memories
+            self.roles = ("generator",)
+
     def setup_adapters(self, model: ClaraModel) -> None:
         model.ensure_adapter("generator")
         if self.config.fresh_generator:
@@ -193,9 +202,13 @@ class Stage2(Stage):
 
     def loss(self, model: ClaraModel, rows: Sequence[QARow]) -> tuple[torch.Tensor, dict[str, float]]:
         docs = [r.docs[: self.config.max_docs] for r in rows]
-        batch = model.tokenize_documents([d for ds in docs for d in ds], truncate=True)
-        memory, mse = model.memories_from_batch(batch, "compressor", True)  # (sum k_i, n, H)
+        flat = [d for ds in docs for d in ds]
         prompts = model.build_prompts([r.question for r in rows], [len(ds) for ds in docs], [r.answer for r in rows])
+        if "compressor" not in self.roles:  # the MSE term only trains the compressor: nothing to add
+            ce = example_ce(model, prompts, self.frozen_memories(model, flat)).mean()
+            return ce, {"ce": ce.item()}
+        batch = model.tokenize_documents(flat, truncate=True)
+        memory, mse = model.memories_from_batch(batch, "compressor", True)  # (sum k_i, n, H)
         ce = example_ce(model, prompts, memory).mean()
         return ce + self.config.mse_weight * mse, {"ce": ce.item(), "mse": mse.item()}
 
@@ -230,6 +243,19 @@ class RetrievalStage(Stage):
     name = "retrieval"
     roles = ("query_reasoner",)
 
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__(config)
+        if config.train_compressor:  # dual encoder: documents are encoded with gradient
+            self.roles = ("query_reasoner", "compressor")
+
+    def document_memories(self, model: ClaraModel, texts: Sequence[str]) -> torch.Tensor:
+        if not self.config.train_compressor:
+            return self.frozen_memories(model, texts)
+        distinct = list(dict.fromkeys(texts))  # each text encoded once per micro-batch
+        memory = model.memories_from_batch(model.tokenize_documents(distinct, truncate=True), "compressor")
+        position = {t: i for i, t in enumerate(distinct)}
+        return memory[[position[t] for t in texts]]
+
     def load(self, path: str | Path) -> list[QARow]:
         if Path(path).is_dir():
             return beir_training_rows(path, self.config.beir_split, self.config.n_candidates, self.config.seed)
@@ -244,33 +270,39 @@ class RetrievalStage(Stage):
             model.ensure_adapter("query_reasoner", init_from="compressor")
 
     def loss(self, model: ClaraModel, rows: Sequence[QARow]) -> tuple[torch.Tensor, dict[str, float]]:
-        cands, mask = self.candidate_memories(model, rows)
+        """InfoNCE of each question against its own candidates, or (``in_batch_negatives``) against every distinct
+        candidate of the micro-batch (DPR's in-batch negatives).
+
+        A question's own hard negatives teach fine distinctions; the other questions' candidates add the easy,
+        off-topic negatives a search over a whole corpus meets. A text is a positive of every question whose
+        ``pos_index`` marks it (two questions about one passage share it). Each distinct text is encoded once.
+        """
+        texts = list(dict.fromkeys(d for r in rows for d in r.docs))
+        column = {t: j for j, t in enumerate(texts)}
         query = self.query_memories(model, [r.question for r in rows])
-        scores = cosine_scores(query, cands)
+        all_scores = cosine_scores(query, self.document_memories(model, texts))  # (B, U)
+        width = max(len(r.docs) for r in rows)
+        own = torch.zeros(len(rows), width, dtype=torch.long, device=all_scores.device)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool, device=all_scores.device)
+        for i, r in enumerate(rows):
+            own[i, : len(r.docs)] = torch.tensor([column[d] for d in r.docs])
+            mask[i, : len(r.docs)] = True
+        scores = all_scores.gather(1, own)  # (B, N): each question's own candidates
         if self.config.in_batch_negatives and len(rows) > 1:
-            loss = self._in_batch_loss(model, rows, query)
+            positives = torch.zeros(all_scores.shape, dtype=torch.bool, device=all_scores.device)
+            for i, r in enumerate(rows):
+                positives[i, [column[r.docs[j]] for j in r.pos_index]] = True
+            loss = multi_positive_info_nce(all_scores, positives, self.config.temperature)
+            best = all_scores.detach().argmax(1, keepdim=True)  # logged: is the best of the micro-batch a positive?
+            logs = {"in_batch_recall@1": 100 * positives.gather(1, best).float().mean().item()}
         else:
             positives = torch.zeros_like(mask)
             for i, r in enumerate(rows):
                 positives[i, r.pos_index] = True
             loss = multi_positive_info_nce(scores, positives, self.config.temperature, mask)
+            logs = {}
         k = min(self.config.top_k, int(mask.sum(1).min()))
-        return loss, {"info_nce": loss.item(), **_recall_logs(scores.detach(), mask, rows, k)}
-
-    def _in_batch_loss(self, model: ClaraModel, rows: Sequence[QARow], query: torch.Tensor) -> torch.Tensor:
-        """InfoNCE of each question against every distinct candidate of the micro-batch (DPR's in-batch negatives).
-
-        A question's own hard negatives teach fine distinctions; the other questions' candidates add the easy,
-        off-topic negatives a search over a whole corpus meets. A text is a positive of every question whose
-        ``pos_index`` marks it (two questions about one passage share it).
-        """
-        texts = list(dict.fromkeys(d for r in rows for d in r.docs))
-        column = {t: j for j, t in enumerate(texts)}
-        scores = cosine_scores(query, self.frozen_memories(model, texts))  # (B, U)
-        positives = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-        for i, r in enumerate(rows):
-            positives[i, [column[r.docs[j]] for j in r.pos_index]] = True
-        return multi_positive_info_nce(scores, positives, self.config.temperature)
+        return loss, {"info_nce": loss.item(), **logs, **_recall_logs(scores.detach(), mask, rows, k)}
 
 
 def _recall_logs(scores: torch.Tensor, mask: torch.Tensor, rows: Sequence[QARow], k: int) -> dict[str, float]:

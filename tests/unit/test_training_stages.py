@@ -142,6 +142,42 @@ def test_stage3_keeps_document_encoding(stage, fresh_tiny_model, qa_rows, tmp_pa
     assert not torch.equal(model.encode_query(["who is it?"]), query_before)  # the query side did learn
 
 
+@pytest.mark.parametrize("in_batch", [True, False])
+def test_retrieval_train_compressor_is_a_dual_encoder(in_batch, fresh_tiny_model, qa_rows, tmp_path) -> None:
+    """``train_compressor``: the compressor learns beside the query reasoner (and nothing else does); the loss falls
+    and documents are then encoded differently (the model's fingerprint changes with them)."""
+    model = fresh_tiny_model
+    docs = sorted({d for r in qa_rows for d in r.docs})[:3]
+    mem_before, fp_before, before = model.compress(docs), model.fingerprint, _snapshot(model)
+    cfg = _config(tmp_path, "retrieval", max_steps=8, train_compressor=True, in_batch_negatives=in_batch)
+    train(cfg, model, rows=qa_rows)
+    losses = _losses(cfg)
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert _groups(_changed(model, before)) == {"query_reasoner", "compressor"}
+    assert not torch.equal(model.compress(docs), mem_before)
+    assert model.fingerprint != fp_before
+
+
+def test_stage2_with_frozen_compressor_trains_the_generator_alone(fresh_tiny_model, qa_rows, tmp_path) -> None:
+    model = fresh_tiny_model
+    docs = sorted({d for r in qa_rows for d in r.docs})[:3]
+    mem_before, before = model.compress(docs), _snapshot(model)
+    cfg = _config(tmp_path, "2", max_steps=8, train_compressor=False)
+    train(cfg, model, rows=qa_rows)
+    losses = _losses(cfg)
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert _groups(_changed(model, before)) == {"generator"}
+    assert torch.equal(model.compress(docs), mem_before)
+
+
+@pytest.mark.parametrize(("stage", "value"), [("1", False), ("3", True)])
+def test_train_compressor_cannot_break_stages_1_and_3(stage, value) -> None:
+    from clara_plugins.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train_compressor"):
+        TrainConfig(stage=stage, train_compressor=value)
+
+
 def test_stage2_fresh_generator_and_stage3_copies_compressor(fresh_tiny_model) -> None:
     model = fresh_tiny_model
     make_stage(TrainConfig(stage="2", train_file="x")).prepare(model)
@@ -210,4 +246,4 @@ def test_retrieval_in_batch_negatives_share_positives_by_text(fresh_tiny_model):
     finally:
         stage.finish(model)
     assert torch.isfinite(loss) and loss.item() != pytest.approx(own.item())
-    assert "recall@2" in logs
+    assert "recall@2" in logs and 0 <= logs["in_batch_recall@1"] <= 100
