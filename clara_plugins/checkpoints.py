@@ -362,6 +362,8 @@ def save_base(model: ClaraModel, folder: Path) -> None:
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     config = copy.deepcopy(model.base_lm.config)
     config.vocab_size = base_vocab
+    # transformers only fills ``architectures`` in a model's own save_pretrained; tools that read the folder use it
+    config.architectures = [type(model.base_lm).__name__]
     config.save_pretrained(folder)
 
 

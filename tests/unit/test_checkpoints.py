@@ -41,6 +41,16 @@ def test_official_load_save_load_gives_identical_outputs(tiny_official, tmp_path
     assert reloaded.fingerprint == loaded.fingerprint == original.fingerprint
 
 
+def test_included_base_is_a_complete_transformers_folder(tiny_official, tmp_path):
+    folder, original = tiny_official
+    loaded = ClaraModel.from_pretrained(folder, device="cpu")
+    loaded.base_lm.config.architectures = None  # as in a base that was itself loaded from a folder without it
+    ours = loaded.save_pretrained(tmp_path / "ours", include_base=True)
+    config = json.loads((ours / "base" / "config.json").read_text())
+    assert config["architectures"] == ["MistralForCausalLM"]
+    assert_same_outputs(original, ClaraModel.from_pretrained(ours, device="cpu"))
+
+
 def test_saved_token_rows_hold_only_changed_rows(tiny_official, tmp_path):
     from safetensors.torch import load_file
 
