@@ -9,11 +9,14 @@ Nothing is downloaded: the base is a randomly initialised Mistral-shaped LM, so 
              appears, and ``--copy-share`` keeps such batches in the mix; an optional phase 0b (``--steps0b``,
              off by default) continues with short contexts and more weight on the answer
     stage 1  CLaRa compression pretraining (QA targets + reconstruction as the paraphrase target)
+    stage J  optional (``--stepsJ``): dual encoder, the compressor and the query reasoner learn together from
+             in-batch InfoNCE on the training questions' gold chunks (not in the paper, whose compressor learns only
+             from generation; a model this small gets no usable retrieval geometry from that)
     stage 2  instruction tuning: answer from k compressed passages (gold + BM25 negatives)
     stage R  supervised query-reasoner warm-up (multi-positive InfoNCE on the training questions' source passages)
     stage 3  end-to-end: the answer loss trains the query reasoner through the straight-through top-k
 
-Stages 1, 2, R and 3 run through ``clara_plugins.training.train``; stage 0 is here (the training module only
+Stages 1, J, 2, R and 3 run through ``clara_plugins.training.train``; stage 0 is here (the training module only
 trains adapters). Data: ``../shared/data/clara_example/pretrain_data.jsonl`` (1,000 Wikipedia passages with 5-10
 QA pairs each). Every passage keeps ``--heldout-per-passage`` of its questions out of all training, and
 ``--heldout-passages`` passages are kept out entirely (neither their text nor their questions are trained on).
@@ -374,11 +377,41 @@ def wrap_clara(lm, tokenizer, args: argparse.Namespace) -> ClaraModel:
     return ClaraModel.from_base(lm, tokenizer, config, source="clara-plugins tiny build")
 
 
+def joint_rows(data: TrainData) -> list[QARow]:
+    """Per training question its gold chunk alone: the other questions' chunks are the (in-batch) negatives."""
+    return [QARow(q, [data.chunks[data.gold[i]]], ["-"], [0]) for i, q in enumerate(data.questions)]
+
+
 def train_clara(model: ClaraModel, data: TrainData, args: argparse.Namespace, work: Path) -> None:
     b = args.batch
     run_stage(model, "1", stage1_rows(data, 4), args, work, max_steps=args.steps1, batch_size=b, learning_rate=args.lr)
+    if args.stepsJ:  # before stage 2, so that the generator learns to read the memories this stage reshapes
+        run_stage(
+            model,
+            "retrieval",
+            joint_rows(data),
+            args,
+            work / "joint",
+            max_steps=args.stepsJ,
+            batch_size=args.batchJ,
+            learning_rate=args.lrJ,
+            temperature=args.temperatureJ,
+            train_compressor=True,
+            in_batch_negatives=True,
+        )
     rows2 = stage2_rows(data, args.stage2_docs, args.seed)
-    run_stage(model, "2", rows2, args, work, max_steps=args.steps2, batch_size=b, learning_rate=args.lr, max_docs=5)
+    run_stage(
+        model,
+        "2",
+        rows2,
+        args,
+        work,
+        max_steps=args.steps2,
+        batch_size=b,
+        learning_rate=args.lr,
+        max_docs=5,
+        train_compressor=False if args.stepsJ else None,  # keep the retrieval geometry stage J learnt
+    )
     rows3 = stage3_rows(data)
     if args.stepsR:
         run_stage(
@@ -391,7 +424,11 @@ def train_clara(model: ClaraModel, data: TrainData, args: argparse.Namespace, wo
             batch_size=2 * b,
             learning_rate=args.lr,
             in_batch_negatives=args.in_batch_negatives,
+            init_query_reasoner=not args.stepsJ,  # continue the dual encoder's query reasoner
         )
+    model.config.training_stage = "stage1_2"  # the official name of the Instruct (stage-2) checkpoints
+    if not args.steps3:
+        return
     run_stage(
         model,
         "3",
@@ -401,7 +438,7 @@ def train_clara(model: ClaraModel, data: TrainData, args: argparse.Namespace, wo
         max_steps=args.steps3,
         batch_size=b,
         learning_rate=args.lr3,
-        init_query_reasoner=not args.stepsR,
+        init_query_reasoner=not (args.stepsR or args.stepsJ),
         top_k=5,
     )
     model.config.training_stage = "stage2"  # the official name of the end-to-end (stage-3) checkpoints
@@ -471,14 +508,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps1", type=int, default=250)
     p.add_argument("--steps2", type=int, default=120)
     p.add_argument("--stage2-docs", type=int, default=3, help="passages per stage-2 example (gold + negatives)")
-    p.add_argument("--stepsR", type=int, default=1500, help="query-reasoner InfoNCE warm-up steps (0: none)")
+    p.add_argument(
+        "--stepsJ",
+        type=int,
+        default=1000,
+        help="dual-encoder steps after stage 1: compressor and query reasoner learn together from in-batch InfoNCE "
+        "on the training questions' gold chunks (0: none)",
+    )
+    p.add_argument("--batchJ", type=int, default=32, help="questions per dual-encoder step")
+    p.add_argument("--lrJ", type=float, default=1e-3, help="learning rate of the dual-encoder stage")
+    p.add_argument("--temperatureJ", type=float, default=0.05, help="InfoNCE temperature of the dual-encoder stage")
+    p.add_argument(
+        "--stepsR", type=int, default=0, help="query-reasoner InfoNCE warm-up steps on frozen documents (0: none)"
+    )
     p.add_argument(
         "--in-batch-negatives",
         action="store_true",
         help="stage R also uses the other questions' candidates as negatives (the training module's default; the "
         "shipped weights were built without it)",
     )
-    p.add_argument("--steps3", type=int, default=150)
+    p.add_argument(
+        "--steps3",
+        type=int,
+        default=0,
+        help="end-to-end steps (0: none; they lowered retrieval, see docs/tiny-model.md)",
+    )
     p.add_argument("--n-candidates", type=int, default=16, help="candidates per question in stages R and 3")
     p.add_argument("--batch", type=int, default=8, help="examples per step in stages 1, 2, 3")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate of stages 1, 2 and R (LoRA)")
@@ -493,7 +547,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.steps0c, args.steps0, args.steps0b = 3, 6, 3
-        args.steps1, args.steps2, args.stepsR, args.steps3 = 4, 3, 3, 3
+        args.steps1, args.stepsJ, args.steps2, args.stepsR, args.steps3 = 4, 3, 3, 3, 3
     return args
 
 

@@ -83,7 +83,7 @@ def test_answers_a_held_out_demo_question_from_candidates(bundled, corpus):
 
 def test_query_reasoner_ranks_far_better_than_chance_on_held_out_questions(bundled, corpus, questions):
     """20 held-out questions against their gold passages plus 20 others (30 in all): a random ranking finds the gold
-    passage in the top 5 for 1 question in 6 (about 3 of 20); the bundled model finds 12 when this was written."""
+    passage in the top 5 for 1 question in 6 (about 3 of 20); the bundled model finds 18 when this was written."""
     held = [q for q in questions if q["split"] == "heldout_question"][:20]
     position = {p["id"]: i for i, p in enumerate(corpus)}
     gold = [position[q["doc_id"]] for q in held]
@@ -92,7 +92,7 @@ def test_query_reasoner_ranks_far_better_than_chance_on_held_out_questions(bundl
     _, top = bundled.rank(bundled.encode_query([q["question"] for q in held]), bundled.compress(texts), k=5)
     hits = [pool.index(g) in row for g, row in zip(gold, top.tolist())]
     assert len(pool) == 30
-    assert sum(hits) >= 8  # >= 40 %, far above the 17 % of a random ranking
+    assert sum(hits) >= 14  # >= 70 %, far above the 17 % of a random ranking
 
 
 def test_build_script_has_help():
