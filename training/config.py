@@ -162,12 +162,12 @@ class TrainConfig:
         _check(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, ">= 0")
         _check(self.mse_weight >= 0, "mse_weight", self.mse_weight, ">= 0")
         _check(self.temperature > 0, "temperature", self.temperature, "> 0")
-        fixed = {"1": True, "3": False}  # stage 1 exists to train it; stage 3 must not move document encodings
+        required = {"1": True, "3": False}.get(self.stage)  # stage 1 trains it; stage 3 must not move documents
         _check(
-            self.train_compressor in (None, fixed.get(self.stage, self.train_compressor)),
+            self.train_compressor is None or required is None or self.train_compressor == required,
             "train_compressor",
             self.train_compressor,
-            f"None or {fixed.get(self.stage)} for stage {self.stage}",
+            f"None or {required} for stage {self.stage}",
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -129,22 +129,12 @@ class Stage:
                 self._doc_cache[text] = m
         return torch.stack([self._doc_cache[t] for t in texts])
 
-    def document_memories(self, model: ClaraModel, texts: Sequence[str]) -> torch.Tensor:
-        """Memories ``(len(texts), n, H)`` of candidate documents: frozen unless a stage trains the compressor."""
-        return self.frozen_memories(model, texts)
-
     def candidate_memories(self, model: ClaraModel, rows: Sequence[QARow]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded candidates ``(B, N, n, H)`` and their mask ``(B, N)`` (rows may have different counts)."""
-        flat = self.document_memories(model, [d for r in rows for d in r.docs])
-        width = max(len(r.docs) for r in rows)
-        out = flat.new_zeros(len(rows), width, *flat.shape[1:])
-        mask = torch.zeros(len(rows), width, dtype=torch.bool, device=flat.device)
-        pos = 0
-        for i, r in enumerate(rows):
-            out[i, : len(r.docs)] = flat[pos : pos + len(r.docs)]
-            mask[i, : len(r.docs)] = True
-            pos += len(r.docs)
-        return out, mask
+        """Padded candidates ``(B, N, n, H)`` (zeros where a row has fewer) and their mask ``(B, N)``."""
+        texts, own, mask = candidate_columns(rows)
+        memory = self.frozen_memories(model, texts)
+        own, mask = own.to(memory.device), mask.to(memory.device)
+        return memory[own].masked_fill(~mask[:, :, None, None], 0.0), mask
 
     def query_memories(self, model: ClaraModel, questions: Sequence[str]) -> torch.Tensor:
         """Query-reasoner memories ``(B, n, H)`` with gradient."""
@@ -248,13 +238,11 @@ class RetrievalStage(Stage):
         if config.train_compressor:  # dual encoder: documents are encoded with gradient
             self.roles = ("query_reasoner", "compressor")
 
-    def document_memories(self, model: ClaraModel, texts: Sequence[str]) -> torch.Tensor:
+    def _document_memories(self, model: ClaraModel, texts: Sequence[str]) -> torch.Tensor:
+        """Memories of distinct ``texts``: cached under no_grad, or with gradient when the compressor trains."""
         if not self.config.train_compressor:
             return self.frozen_memories(model, texts)
-        distinct = list(dict.fromkeys(texts))  # each text encoded once per micro-batch
-        memory = model.memories_from_batch(model.tokenize_documents(distinct, truncate=True), "compressor")
-        position = {t: i for i, t in enumerate(distinct)}
-        return memory[[position[t] for t in texts]]
+        return model.memories_from_batch(model.tokenize_documents(texts, truncate=True), "compressor")
 
     def load(self, path: str | Path) -> list[QARow]:
         if Path(path).is_dir():
@@ -277,21 +265,15 @@ class RetrievalStage(Stage):
         off-topic negatives a search over a whole corpus meets. A text is a positive of every question whose
         ``pos_index`` marks it (two questions about one passage share it). Each distinct text is encoded once.
         """
-        texts = list(dict.fromkeys(d for r in rows for d in r.docs))
-        column = {t: j for j, t in enumerate(texts)}
+        texts, own, mask = candidate_columns(rows)
         query = self.query_memories(model, [r.question for r in rows])
-        all_scores = cosine_scores(query, self.document_memories(model, texts))  # (B, U)
-        width = max(len(r.docs) for r in rows)
-        own = torch.zeros(len(rows), width, dtype=torch.long, device=all_scores.device)
-        mask = torch.zeros(len(rows), width, dtype=torch.bool, device=all_scores.device)
-        for i, r in enumerate(rows):
-            own[i, : len(r.docs)] = torch.tensor([column[d] for d in r.docs])
-            mask[i, : len(r.docs)] = True
-        scores = all_scores.gather(1, own)  # (B, N): each question's own candidates
+        all_scores = cosine_scores(query, self._document_memories(model, texts))  # (B, U)
+        own, mask = own.to(all_scores.device), mask.to(all_scores.device)
+        scores = all_scores.gather(1, own)  # (B, N): each question's own candidates (masked where padded)
         if self.config.in_batch_negatives and len(rows) > 1:
             positives = torch.zeros(all_scores.shape, dtype=torch.bool, device=all_scores.device)
             for i, r in enumerate(rows):
-                positives[i, [column[r.docs[j]] for j in r.pos_index]] = True
+                positives[i, own[i, r.pos_index]] = True
             loss = multi_positive_info_nce(all_scores, positives, self.config.temperature)
             best = all_scores.detach().argmax(1, keepdim=True)  # logged: is the best of the micro-batch a positive?
             logs = {"in_batch_recall@1": 100 * positives.gather(1, best).float().mean().item()}
@@ -303,6 +285,20 @@ class RetrievalStage(Stage):
             logs = {}
         k = min(self.config.top_k, int(mask.sum(1).min()))
         return loss, {"info_nce": loss.item(), **logs, **_recall_logs(scores.detach(), mask, rows, k)}
+
+
+def candidate_columns(rows: Sequence[QARow]) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The distinct candidate texts of a micro-batch (each encoded once), each row's candidates as positions in
+    them ``(B, N)`` (0 where a row has fewer) and the mask of real candidates ``(B, N)``."""
+    texts = list(dict.fromkeys(d for r in rows for d in r.docs))
+    column = {t: j for j, t in enumerate(texts)}
+    width = max(len(r.docs) for r in rows)
+    own = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        own[i, : len(r.docs)] = torch.tensor([column[d] for d in r.docs])
+        mask[i, : len(r.docs)] = True
+    return texts, own, mask
 
 
 def _recall_logs(scores: torch.Tensor, mask: torch.Tensor, rows: Sequence[QARow], k: int) -> dict[str, float]:
