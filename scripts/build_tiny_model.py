@@ -9,19 +9,21 @@ Nothing is downloaded: the base is a randomly initialised Mistral-shaped LM, so 
              appears, and ``--copy-share`` keeps such batches in the mix; an optional phase 0b (``--steps0b``,
              off by default) continues with short contexts and more weight on the answer
     stage 1  CLaRa compression pretraining (QA targets + reconstruction as the paraphrase target)
-    stage J  optional (``--stepsJ``): dual encoder, the compressor and the query reasoner learn together from
+    stage J  dual encoder (``--stepsJ``): the compressor and the query reasoner learn together from
              in-batch InfoNCE on the training questions' gold chunks (not in the paper, whose compressor learns only
              from generation; a model this small gets no usable retrieval geometry from that)
-    stage 2  instruction tuning: answer from k compressed passages (gold + BM25 negatives)
-    stage R  supervised query-reasoner warm-up (multi-positive InfoNCE on the training questions' source passages)
-    stage 3  end-to-end: the answer loss trains the query reasoner through the straight-through top-k
+    stage 2  instruction tuning: answer from k compressed passages (gold + BM25 negatives); after stage J on the
+             frozen compressor, so the retrieval geometry stays
+    stage R  optional (``--stepsR``, off): query-reasoner InfoNCE warm-up on frozen memories (earlier builds)
+    stage 3  optional (``--steps3``, off): end-to-end, the answer loss trains the query reasoner through the
+             straight-through top-k; it lowered this model's retrieval, as its generator cannot answer
 
 Stages 1, J, 2, R and 3 run through ``clara_plugins.training.train``; stage 0 is here (the training module only
 trains adapters). Data: ``../shared/data/clara_example/pretrain_data.jsonl`` (1,000 Wikipedia passages with 5-10
 QA pairs each). Every passage keeps ``--heldout-per-passage`` of its questions out of all training, and
 ``--heldout-passages`` passages are kept out entirely (neither their text nor their questions are trained on).
 
-    python scripts/build_tiny_model.py                  # the real build (~40 min on a busy 2-core CPU)
+    python scripts/build_tiny_model.py                  # the real build (~50 min on an idle 2-core CPU)
     python scripts/build_tiny_model.py --base-from runs/tiny_build/stage0a   # redo stages 1-3 only
     python scripts/build_tiny_model.py --quick --out /tmp/tiny --assets-dir /tmp/assets   # a smoke run
 """
@@ -524,8 +526,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--in-batch-negatives",
         action="store_true",
-        help="stage R also uses the other questions' candidates as negatives (the training module's default; the "
-        "shipped weights were built without it)",
+        help="stage R also uses the other questions' candidates as negatives (the training module's default)",
     )
     p.add_argument(
         "--steps3",
