@@ -75,6 +75,9 @@ class Stage:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self._doc_cache: dict[str, torch.Tensor] = {}
+        # False under FSDP: there every forward pass is a collective, so each process must make the same calls
+        # whatever its cache holds; frozen documents are then encoded in one pass per micro-batch, uncached
+        self.cache_documents = True
         self._hooks: list[Any] = []
 
     def load(self, path: str | Path) -> list[Any]:
@@ -118,6 +121,12 @@ class Stage:
     # -------------------------------------------------------------- shared pieces
     def frozen_memories(self, model: ClaraModel, texts: Sequence[str]) -> torch.Tensor:
         """Compressor memories ``(len(texts), n, H)`` under no_grad, each distinct text encoded once per run."""
+        if not self.cache_documents:
+            distinct = list(dict.fromkeys(texts))
+            with torch.no_grad():
+                mem = model.memories_from_batch(model.tokenize_documents(distinct, truncate=True), "compressor")
+            position = {t: i for i, t in enumerate(distinct)}
+            return mem.detach()[[position[t] for t in texts]]
         missing = list(dict.fromkeys(t for t in texts if t not in self._doc_cache))
         bs = 32
         for start in range(0, len(missing), bs):

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from clara_plugins.errors import CheckpointError, ConfigError, MissingExtraError
+from clara_plugins.training import fsdp
 from clara_plugins.training.config import TrainConfig
 from clara_plugins.training.stages import Stage, make_stage
 
@@ -164,8 +165,12 @@ class Trainer:
     ) -> None:
         self.config = config
         self.accelerator = _accelerator(config)
+        self.fsdp = fsdp.uses_fsdp(self.accelerator)
+        if self.fsdp:
+            fsdp.check_fsdp(self.accelerator, config.stage)
         seed_everything(config.seed)
         self.stage = make_stage(config)
+        self.stage.cache_documents = not self.fsdp
         if rows is None and not config.train_file:
             msg = "TrainConfig.train_file must name a data file or folder when no rows are given, got ''"
             raise ConfigError(msg)
@@ -209,8 +214,9 @@ class Trainer:
         scheduler = make_scheduler(cfg, optimizer, steps)
         # the scheduler stays outside accelerate: our steps are already global (accelerate would step it once per
         # process), so P processes follow exactly the one-process learning-rate curve
+        originals = fsdp.original_parameters(self.model) if self.fsdp else []
         module, optimizer = acc.prepare(StageModule(self.model, self.stage), optimizer)
-        self.optimizer, self.scheduler = optimizer, scheduler
+        self.module, self.optimizer, self.scheduler = module, optimizer, scheduler
         if cfg.resume_from:
             self.load_checkpoint(self._resolve_resume(cfg.resume_from))
         order = BatchOrder(len(self.rows), cfg.seed)
@@ -251,6 +257,9 @@ class Trainer:
                 self.save_checkpoint()
         bar.close()
         # 4. final evaluation, model in our format, plot
+        if self.fsdp:  # rank 0 gets a plain model with full weights back (the others keep their shards)
+            fsdp.unwrap(module, self.model, originals)
+            self.fsdp = False
         self._evaluate()
         self.model.peft_model.eval()
         for m, p in self._dropouts:
@@ -282,7 +291,9 @@ class Trainer:
                 acc.backward(loss / cfg.grad_accum_steps)
             total += loss.detach() / cfg.grad_accum_steps
         if cfg.max_grad_norm > 0:
-            acc.clip_grad_norm_([p for _, p in self.params], cfg.max_grad_norm)
+            # all of the module's parameters (frozen ones have no gradient): accelerate then lets FSDP compute
+            # the norm over every process's shards instead of each process over its own
+            acc.clip_grad_norm_(list(module.parameters()), cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -291,6 +302,9 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation and logging
     def _evaluate(self) -> None:
         if not self.eval_rows:
+            return
+        if self.fsdp:  # the wrapped model cannot run on rank 0 alone; it is evaluated once unwrapped, at the end
+            logger.warning("FSDP: evaluation during training skipped at step %d (the final one runs)", self.step)
             return
         if self.is_main:
             from clara_plugins.training.evaluate import stage_metrics
@@ -313,17 +327,27 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoint-{step}``: trainable tensors, optimiser, scheduler, RNG (per process), the model."""
+        """Write ``checkpoint-{step}``: trainable tensors, optimiser, scheduler, RNG (per process), the model.
+
+        Under FSDP each process writes its own optimiser shard (``optimizer-{rank}.pt``, so a resumed run needs the
+        same number of processes) and the whole model (``model/``) is not written: the final one is."""
         folder = self.out / f"checkpoint-{self.step}"
+        if self.fsdp:
+            tensors = fsdp.gather_tensors(self.module, self.params)
+        else:
+            tensors = {n: p.detach().cpu().contiguous() for n, p in self.params}
         if self.is_main:
             folder.mkdir(parents=True, exist_ok=True)
-            save_file({n: p.detach().cpu().contiguous() for n, p in self.params}, folder / "trainable.safetensors")
-            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+            save_file(tensors, folder / "trainable.safetensors")
             torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
+            if not self.fsdp:
+                torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+                self.model.save_pretrained(folder / "model")
             state = {"step": self.step, "config": self.config.to_dict()}
             (folder / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
-            self.model.save_pretrained(folder / "model")
         self.accelerator.wait_for_everyone()
+        if self.fsdp:
+            torch.save(self.optimizer.state_dict(), folder / f"optimizer-{self.accelerator.process_index}.pt")
         _save_rng(folder / f"rng-{self.accelerator.process_index}")
         self.accelerator.wait_for_everyone()
         return folder
@@ -339,10 +363,17 @@ class Trainer:
         if missing:
             msg = f"checkpoint {str(folder)!r} lacks trained tensors such as {missing[:3]}; was it another stage?"
             raise CheckpointError(msg)
-        with torch.no_grad():
+        with fsdp.full_values(self.module, writeback=True) if self.fsdp else nullcontext(), torch.no_grad():
             for name, param in self.params:
                 param.copy_(tensors[name].to(param.device, param.dtype))
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
+        optimizer_file = folder / (f"optimizer-{self.accelerator.process_index}.pt" if self.fsdp else "optimizer.pt")
+        if not optimizer_file.is_file():
+            msg = (
+                f"checkpoint {str(folder)!r} has no {optimizer_file.name}: resume with the launcher settings "
+                "(FSDP or not, number of processes) it was written with"
+            )
+            raise CheckpointError(msg)
+        self.optimizer.load_state_dict(torch.load(optimizer_file, weights_only=True, map_location="cpu"))
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
         self.step = int(json.loads(state_file.read_text())["step"])
         _load_rng(folder / f"rng-{self.accelerator.process_index}")

@@ -26,7 +26,10 @@ def _rows(passages: list[str]) -> list[QARow]:
     ]
 
 
-def _launch(tmp: Path, name: str, processes: int, stage: str, start: Path, data: Path) -> Path:
+def _launch(tmp: Path, name: str, processes: int, stage: str, start: Path, data: Path, **extra) -> Path:
+    """One training run: ``processes`` CPU processes through ``accelerate launch`` (data-parallel), or with
+    ``fsdp=True`` through torchrun and ``fsdp_on_cpu.py`` (accelerate's FSDP path)."""
+    fsdp = extra.pop("fsdp", False)
     out = tmp / name
     config = {
         "stage": stage,
@@ -43,36 +46,49 @@ def _launch(tmp: Path, name: str, processes: int, stage: str, start: Path, data:
         "plot": False,
         "progress": False,
         "eval_generate": False,
+        **extra,
     }
     (tmp / f"{name}.json").write_text(json.dumps(config))
-    # `--multi_gpu` starts the processes through torchrun; without CUDA the trainer runs them on CPU with gloo
-    # (`--cpu` alone starts a single process)
-    mode = ["--multi_gpu"] if processes > 1 else ["--cpu"]
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        *mode,
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(29500 + processes),
-    ]
+    port = str(29500 + processes + 10 * fsdp)
+    if fsdp:
+        script = Path(__file__).with_name("fsdp_on_cpu.py")
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+        cmd = [*launcher, "--master_port", port, str(script), str(tmp / f"{name}.json")]
+    else:
+        # `--multi_gpu` starts the processes through torchrun; without CUDA the trainer runs them on CPU with gloo
+        # (`--cpu` alone starts a single process)
+        mode = ["--multi_gpu"] if processes > 1 else ["--cpu"]
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_processes", str(processes)]
+        launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        cmd = [*launcher, "--main_process_port", port, "-m", "clara_plugins.training"]
+        cmd += ["--config", str(tmp / f"{name}.json")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [*launcher, "-m", "clara_plugins.training", "--config", str(tmp / f"{name}.json")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 
-@pytest.mark.parametrize("stage", ["2", "3"])
-def test_two_processes_match_one(stage, passages, tmp_path) -> None:
+def _losses(out: Path) -> list[float]:
+    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+
+def _assert_same_weights(one: Path, two: Path, start: Path) -> None:
+    """The same final weights up to float summation order; training did move weights."""
+    a = ClaraModel.from_pretrained(one / "final", device="cpu")
+    b = ClaraModel.from_pretrained(two / "final", device="cpu")
+    s = ClaraModel.from_pretrained(start, device="cpu")
+    pb, ps = dict(b.peft_model.named_parameters()), dict(s.peft_model.named_parameters())
+    assert pb.keys() == ps.keys()
+    moved = 0
+    for name, p in a.peft_model.named_parameters():
+        # all-reduce sums floats in another order: allow differences far below the size of the update itself
+        diff, move = (p - pb[name]).abs().max().item(), (p - ps[name]).abs().max().item()
+        assert diff <= 1e-2 * move + 1e-6, (name, diff, move)
+        moved += int(move > 0)
+    assert moved > 0
+
+
+def _start(tmp_path: Path, passages: list[str]) -> tuple[Path, Path]:
     if shutil.which("accelerate") is None and not _has_accelerate():
         pytest.skip("accelerate not installed")
     start = tmp_path / "start"
@@ -81,22 +97,36 @@ def test_two_processes_match_one(stage, passages, tmp_path) -> None:
     ).save_pretrained(start)
     data = tmp_path / "rows.jsonl"
     write_jsonl(data, _rows(passages))
+    return start, data
+
+
+@pytest.mark.parametrize("stage", ["2", "3"])
+def test_two_processes_match_one(stage, passages, tmp_path) -> None:
+    start, data = _start(tmp_path, passages)
     one = _launch(tmp_path, "one", 1, stage, start, data)
     two = _launch(tmp_path, "two", 2, stage, start, data)
-    losses = [[json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, two)]
-    assert len(losses[0]) == 3
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-6)
-    a = ClaraModel.from_pretrained(one / "final", device="cpu")
-    b = ClaraModel.from_pretrained(two / "final", device="cpu")
-    s = ClaraModel.from_pretrained(start, device="cpu")
-    pb, ps = dict(b.peft_model.named_parameters()), dict(s.peft_model.named_parameters())
-    moved = 0
-    for name, p in a.peft_model.named_parameters():
-        # all-reduce sums floats in another order: allow differences far below the size of the update itself
-        diff, move = (p - pb[name]).abs().max().item(), (p - ps[name]).abs().max().item()
-        assert diff <= 1e-2 * move + 1e-6, (name, diff, move)
-        moved += int(move > 0)
-    assert moved > 0  # training did change weights, identically in both runs
+    assert len(_losses(one)) == 3
+    assert _losses(one) == pytest.approx(_losses(two), rel=1e-5, abs=1e-6)
+    _assert_same_weights(one, two, start)
+
+
+def test_fsdp_matches_one_process_and_resumes(passages, tmp_path) -> None:
+    """The documented FSDP setup (2 processes, FULL_SHARD): same losses and weights as 1 process, with gradient
+    clipping active (the norm is taken over both shards); a run resumed from its step-2 checkpoint ends the same;
+    the final evaluation runs on the gathered model."""
+    start, data = _start(tmp_path, passages)
+    kw = {"max_grad_norm": 0.5, "eval_file": str(data), "eval_max_examples": 4}
+    one = _launch(tmp_path, "one", 1, "3", start, data, **kw)
+    two = _launch(tmp_path, "two", 2, "3", start, data, fsdp=True, save_every=2, **kw)
+    assert _losses(one) == pytest.approx(_losses(two), rel=1e-5, abs=1e-6)
+    _assert_same_weights(one, two, start)
+    checkpoint = two / "checkpoint-2"
+    assert {"trainable.safetensors", "optimizer-0.pt", "optimizer-1.pt"} <= {f.name for f in checkpoint.iterdir()}
+    resumed = _launch(tmp_path, "resumed", 2, "3", start, data, fsdp=True, resume_from=str(checkpoint), **kw)
+    assert _losses(resumed) == pytest.approx(_losses(two)[2:], rel=1e-6)
+    _assert_same_weights(two, resumed, start)
+    evals = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines() if '"eval_' in x]
+    assert evals, "the final evaluation did not run"
 
 
 def _has_accelerate() -> bool:
