@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def uses_fsdp(accelerator: Accelerator) -> bool:
-    return str(accelerator.distributed_type).endswith("FSDP")
+    return accelerator.distributed_type == "FSDP"  # a str enum: no accelerate import needed here
 
 
 def check_fsdp(accelerator: Accelerator, stage: str) -> None:
