@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from clara_plugins.errors import CheckpointError, ConfigError, MissingExtraError
-from clara_plugins.training import fsdp
+from clara_plugins.training import deepspeed_zero, fsdp
 from clara_plugins.training.config import TrainConfig
 from clara_plugins.training.stages import Stage, make_stage
 
@@ -168,6 +168,10 @@ class Trainer:
         self.fsdp = fsdp.uses_fsdp(self.accelerator)
         if self.fsdp:
             fsdp.check_fsdp(self.accelerator, config.stage)
+        if deepspeed_zero.uses_deepspeed(self.accelerator):
+            deepspeed_zero.configure_deepspeed(self.accelerator, config)
+        # FSDP and DeepSpeed's ZeRO partition the optimiser state: each process saves and loads its own
+        self.sharded_optimizer = self.fsdp or deepspeed_zero.uses_deepspeed(self.accelerator)
         seed_everything(config.seed)
         self.stage = make_stage(config)
         self.stage.cache_documents = not self.fsdp
@@ -329,8 +333,9 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write ``checkpoint-{step}``: trainable tensors, optimiser, scheduler, RNG (per process), the model.
 
-        Under FSDP each process writes its own optimiser shard (``optimizer-{rank}.pt``, so a resumed run needs the
-        same number of processes) and the whole model (``model/``) is not written: the final one is."""
+        Under FSDP and DeepSpeed each process writes its own optimiser shard (``optimizer-{rank}.pt``, so a resumed
+        run needs the same number of processes); under FSDP the whole model (``model/``) is not written: the final
+        one is."""
         folder = self.out / f"checkpoint-{self.step}"
         if self.fsdp:
             tensors = fsdp.gather_tensors(self.module, self.params)
@@ -340,13 +345,14 @@ class Trainer:
             folder.mkdir(parents=True, exist_ok=True)
             save_file(tensors, folder / "trainable.safetensors")
             torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
-            if not self.fsdp:
+            if not self.sharded_optimizer:
                 torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+            if not self.fsdp:
                 self.model.save_pretrained(folder / "model")
             state = {"step": self.step, "config": self.config.to_dict()}
             (folder / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
         self.accelerator.wait_for_everyone()
-        if self.fsdp:
+        if self.sharded_optimizer:
             torch.save(self.optimizer.state_dict(), folder / f"optimizer-{self.accelerator.process_index}.pt")
         _save_rng(folder / f"rng-{self.accelerator.process_index}")
         self.accelerator.wait_for_everyone()
@@ -366,18 +372,37 @@ class Trainer:
         with fsdp.full_values(self.module, writeback=True) if self.fsdp else nullcontext(), torch.no_grad():
             for name, param in self.params:
                 param.copy_(tensors[name].to(param.device, param.dtype))
-        optimizer_file = folder / (f"optimizer-{self.accelerator.process_index}.pt" if self.fsdp else "optimizer.pt")
-        if not optimizer_file.is_file():
-            msg = (
-                f"checkpoint {str(folder)!r} has no {optimizer_file.name}: resume with the launcher settings "
-                "(FSDP or not, number of processes) it was written with"
-            )
-            raise CheckpointError(msg)
-        self.optimizer.load_state_dict(torch.load(optimizer_file, weights_only=True, map_location="cpu"))
+        self._load_optimizer(folder)
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
         self.step = int(json.loads(state_file.read_text())["step"])
         _load_rng(folder / f"rng-{self.accelerator.process_index}")
         logger.info("resumed from %s at step %d", folder, self.step)
+
+    def _load_optimizer(self, folder: Path) -> None:
+        """``optimizer.pt``; or each process's own shard under FSDP; or every process's shard under DeepSpeed,
+        whose ZeRO optimiser reads the list of them. The launcher settings must be those the checkpoint had."""
+        deepspeed = deepspeed_zero.uses_deepspeed(self.accelerator)
+        world = self.accelerator.num_processes
+        shards = sorted(folder.glob("optimizer-*.pt"))
+        if self.sharded_optimizer and len(shards) != world:
+            msg = (
+                f"checkpoint {str(folder)!r} has {len(shards)} optimiser shards for {world} processes: resume with "
+                "the launcher settings (FSDP, DeepSpeed or neither; number of processes) it was written with"
+            )
+            raise CheckpointError(msg)
+        if not self.sharded_optimizer and not (folder / "optimizer.pt").is_file():
+            msg = f"checkpoint {str(folder)!r} has no optimizer.pt (was it written under FSDP or DeepSpeed?)"
+            raise CheckpointError(msg)
+        if not self.sharded_optimizer:
+            files = [folder / "optimizer.pt"]
+        elif deepspeed:
+            files = [folder / f"optimizer-{r}.pt" for r in range(world)]
+        else:
+            files = [folder / f"optimizer-{self.accelerator.process_index}.pt"]
+        allowed = deepspeed_zero.checkpoint_globals() if deepspeed else []
+        with torch.serialization.safe_globals(allowed):
+            states = [torch.load(f, weights_only=True, map_location="cpu") for f in files]
+        self.optimizer.load_state_dict(states if deepspeed else states[0])
 
     def _resolve_resume(self, resume_from: str) -> Path:
         if resume_from != "latest":

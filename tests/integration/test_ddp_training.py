@@ -26,10 +26,27 @@ def _rows(passages: list[str]) -> list[QARow]:
     ]
 
 
+DEEPSPEED_CONFIG = """compute_environment: LOCAL_MACHINE
+distributed_type: DEEPSPEED
+mixed_precision: 'no'
+num_machines: 1
+num_processes: {processes}
+main_process_port: {port}
+deepspeed_config:
+  zero_stage: 2
+  gradient_accumulation_steps: 1
+  gradient_clipping: {clip}
+  offload_optimizer_device: none
+  offload_param_device: none
+  zero3_init_flag: false
+"""
+
+
 def _launch(tmp: Path, name: str, processes: int, stage: str, start: Path, data: Path, **extra) -> Path:
-    """One training run: ``processes`` CPU processes through ``accelerate launch`` (data-parallel), or with
-    ``fsdp=True`` through torchrun and ``fsdp_on_cpu.py`` (accelerate's FSDP path)."""
-    fsdp = extra.pop("fsdp", False)
+    """One training run: ``processes`` CPU processes through ``accelerate launch`` (data-parallel); with
+    ``fsdp=True`` through torchrun and ``fsdp_on_cpu.py`` (accelerate's FSDP path); with ``deepspeed=True``
+    through ``accelerate launch`` with a ZeRO-2 config and ``deepspeed_on_cpu.py``."""
+    fsdp, deepspeed = extra.pop("fsdp", False), extra.pop("deepspeed", False)
     out = tmp / name
     config = {
         "stage": stage,
@@ -49,11 +66,19 @@ def _launch(tmp: Path, name: str, processes: int, stage: str, start: Path, data:
         **extra,
     }
     (tmp / f"{name}.json").write_text(json.dumps(config))
-    port = str(29500 + processes + 10 * fsdp)
+    port = str(29500 + processes + 10 * fsdp + 20 * deepspeed)
     if fsdp:
         script = Path(__file__).with_name("fsdp_on_cpu.py")
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
         cmd = [*launcher, "--master_port", port, str(script), str(tmp / f"{name}.json")]
+    elif deepspeed:  # the documented ZeRO-2 config (docs/training.md), in fp32 on CPU processes
+        accelerate_config = tmp / f"{name}_deepspeed.yaml"
+        accelerate_config.write_text(
+            DEEPSPEED_CONFIG.format(processes=processes, port=port, clip=config.get("max_grad_norm", 1.0))
+        )
+        script = Path(__file__).with_name("deepspeed_on_cpu.py")
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config)]
+        cmd = [*launcher, str(script), str(tmp / f"{name}.json")]
     else:
         # `--multi_gpu` starts the processes through torchrun; without CUDA the trainer runs them on CPU with gloo
         # (`--cpu` alone starts a single process)
@@ -127,6 +152,23 @@ def test_fsdp_matches_one_process_and_resumes(passages, tmp_path) -> None:
     _assert_same_weights(two, resumed, start)
     evals = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines() if '"eval_' in x]
     assert evals, "the final evaluation did not run"
+
+
+def test_deepspeed_zero2_matches_one_process_and_resumes(passages, tmp_path) -> None:
+    """The documented DeepSpeed ZeRO-2 setup (2 processes): same losses and weights as 1 process with the same
+    clipping; each process's optimiser partition is saved and a resumed run ends the same."""
+    pytest.importorskip("deepspeed")
+    start, data = _start(tmp_path, passages)
+    kw = {"max_grad_norm": 0.5, "eval_file": str(data), "eval_max_examples": 4}
+    one = _launch(tmp_path, "one", 1, "3", start, data, **kw)
+    two = _launch(tmp_path, "two", 2, "3", start, data, deepspeed=True, save_every=2, **kw)
+    assert _losses(one) == pytest.approx(_losses(two), rel=1e-5, abs=1e-6)
+    _assert_same_weights(one, two, start)
+    checkpoint = two / "checkpoint-2"
+    assert {"optimizer-0.pt", "optimizer-1.pt"} <= {f.name for f in checkpoint.iterdir()}
+    resumed = _launch(tmp_path, "resumed", 2, "3", start, data, deepspeed=True, resume_from=str(checkpoint), **kw)
+    assert _losses(resumed) == pytest.approx(_losses(two)[2:], rel=1e-6)
+    _assert_same_weights(two, resumed, start)
 
 
 def _has_accelerate() -> bool:
