@@ -135,40 +135,26 @@ def test_two_processes_match_one(stage, passages, tmp_path) -> None:
     _assert_same_weights(one, two, start)
 
 
-def test_fsdp_matches_one_process_and_resumes(passages, tmp_path) -> None:
-    """The documented FSDP setup (2 processes, FULL_SHARD): same losses and weights as 1 process, with gradient
-    clipping active (the norm is taken over both shards); a run resumed from its step-2 checkpoint ends the same;
-    the final evaluation runs on the gathered model."""
+@pytest.mark.parametrize("launcher", ["fsdp", "deepspeed"])
+def test_sharded_training_matches_one_process_and_resumes(launcher, passages, tmp_path) -> None:
+    """The documented FSDP (FULL_SHARD) and DeepSpeed (ZeRO-2) setups on 2 processes: the same losses and weights
+    as 1 process with gradient clipping on (FSDP: the norm over both shards); each process saves its optimiser
+    shard and a run resumed from the step-2 checkpoint ends the same; the final evaluation runs."""
+    if launcher == "deepspeed":
+        pytest.importorskip("deepspeed")
     start, data = _start(tmp_path, passages)
-    kw = {"max_grad_norm": 0.5, "eval_file": str(data), "eval_max_examples": 4}
-    one = _launch(tmp_path, "one", 1, "3", start, data, **kw)
-    two = _launch(tmp_path, "two", 2, "3", start, data, fsdp=True, save_every=2, **kw)
+    kw = {"max_grad_norm": 0.5, "eval_file": str(data), "eval_max_examples": 4, launcher: True}
+    one = _launch(tmp_path, "one", 1, "3", start, data, **{**kw, launcher: False})
+    two = _launch(tmp_path, "two", 2, "3", start, data, save_every=2, **kw)
     assert _losses(one) == pytest.approx(_losses(two), rel=1e-5, abs=1e-6)
     _assert_same_weights(one, two, start)
     checkpoint = two / "checkpoint-2"
     assert {"trainable.safetensors", "optimizer-0.pt", "optimizer-1.pt"} <= {f.name for f in checkpoint.iterdir()}
-    resumed = _launch(tmp_path, "resumed", 2, "3", start, data, fsdp=True, resume_from=str(checkpoint), **kw)
+    resumed = _launch(tmp_path, "resumed", 2, "3", start, data, resume_from=str(checkpoint), **kw)
     assert _losses(resumed) == pytest.approx(_losses(two)[2:], rel=1e-6)
     _assert_same_weights(two, resumed, start)
     evals = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines() if '"eval_' in x]
     assert evals, "the final evaluation did not run"
-
-
-def test_deepspeed_zero2_matches_one_process_and_resumes(passages, tmp_path) -> None:
-    """The documented DeepSpeed ZeRO-2 setup (2 processes): same losses and weights as 1 process with the same
-    clipping; each process's optimiser partition is saved and a resumed run ends the same."""
-    pytest.importorskip("deepspeed")
-    start, data = _start(tmp_path, passages)
-    kw = {"max_grad_norm": 0.5, "eval_file": str(data), "eval_max_examples": 4}
-    one = _launch(tmp_path, "one", 1, "3", start, data, **kw)
-    two = _launch(tmp_path, "two", 2, "3", start, data, deepspeed=True, save_every=2, **kw)
-    assert _losses(one) == pytest.approx(_losses(two), rel=1e-5, abs=1e-6)
-    _assert_same_weights(one, two, start)
-    checkpoint = two / "checkpoint-2"
-    assert {"optimizer-0.pt", "optimizer-1.pt"} <= {f.name for f in checkpoint.iterdir()}
-    resumed = _launch(tmp_path, "resumed", 2, "3", start, data, deepspeed=True, resume_from=str(checkpoint), **kw)
-    assert _losses(resumed) == pytest.approx(_losses(two)[2:], rel=1e-6)
-    _assert_same_weights(two, resumed, start)
 
 
 def _has_accelerate() -> bool:
