@@ -52,13 +52,14 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def batch_tokens(model, rows: list[QARow]) -> tuple[int, int]:
-    """(trained tokens: questions + generator prompts with answers, compressed document tokens) of one batch."""
-    questions = sum(len(model.tokenizer(r.question).input_ids) for r in rows)
-    docs = sum(min(len(model.tokenizer(d).input_ids), model.config.doc_max_length) for r in rows for d in r.docs)
-    # the generator reads top_k x (n_mem + 1) slots plus the prompt and the answer
-    prompt = sum(40 + len(model.tokenizer(r.question + " " + r.answers[0]).input_ids) for r in rows)
-    return questions + prompt + 5 * (model.n_mem + 1) * len(rows), docs
+def batch_tokens(model, rows: list[QARow], top_k: int = 5) -> tuple[int, int]:
+    """(trained tokens: the questions the query reasoner reads + the generator's prompts with answers and their
+    ``top_k`` memory slots, compressed document tokens) of one batch, counted from the real token batches."""
+    questions = [r.question for r in rows]
+    query = model.tokenize_documents(questions, truncate=True)["attention_mask"].sum()
+    prompts = model.build_prompts(questions, [top_k] * len(rows), [r.answers[0] for r in rows])
+    docs = model.tokenize_documents([d for r in rows for d in r.docs], truncate=True)["attention_mask"].sum()
+    return int(query + prompts["attention_mask"].sum()), int(docs)
 
 
 def stage3_loss(model, stage, rows: list[QARow], device: torch.device, bf16: bool) -> torch.Tensor:
