@@ -120,23 +120,19 @@ class Stage:
 
     # -------------------------------------------------------------- shared pieces
     def frozen_memories(self, model: ClaraModel, texts: Sequence[str]) -> torch.Tensor:
-        """Compressor memories ``(len(texts), n, H)`` under no_grad, each distinct text encoded once per run."""
-        if not self.cache_documents:
-            distinct = list(dict.fromkeys(texts))
-            with torch.no_grad():
-                mem = model.memories_from_batch(model.tokenize_documents(distinct, truncate=True), "compressor")
-            position = {t: i for i, t in enumerate(distinct)}
-            return mem.detach()[[position[t] for t in texts]]
-        missing = list(dict.fromkeys(t for t in texts if t not in self._doc_cache))
-        bs = 32
+        """Compressor memories ``(len(texts), n, H)`` under no_grad, each distinct text encoded once per run (once
+        per call when ``cache_documents`` is off, in a single pass so that every process makes the same calls)."""
+        cache = self._doc_cache if self.cache_documents else {}
+        missing = list(dict.fromkeys(t for t in texts if t not in cache))
+        bs = 32 if self.cache_documents else max(1, len(missing))
         for start in range(0, len(missing), bs):
             chunk = missing[start : start + bs]
             with torch.no_grad():
                 batch = model.tokenize_documents(chunk, truncate=True)
                 mem = model.memories_from_batch(batch, "compressor").detach()
             for text, m in zip(chunk, mem):
-                self._doc_cache[text] = m
-        return torch.stack([self._doc_cache[t] for t in texts])
+                cache[text] = m
+        return torch.stack([cache[t] for t in texts])
 
     def candidate_memories(self, model: ClaraModel, rows: Sequence[QARow]) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded candidates ``(B, N, n, H)`` (zeros where a row has fewer) and their mask ``(B, N)``."""

@@ -168,10 +168,11 @@ class Trainer:
         self.fsdp = fsdp.uses_fsdp(self.accelerator)
         if self.fsdp:
             fsdp.check_fsdp(self.accelerator, config.stage)
-        if deepspeed_zero.uses_deepspeed(self.accelerator):
+        self.deepspeed = deepspeed_zero.uses_deepspeed(self.accelerator)
+        if self.deepspeed:
             deepspeed_zero.configure_deepspeed(self.accelerator, config)
         # FSDP and DeepSpeed's ZeRO partition the optimiser state: each process saves and loads its own
-        self.sharded_optimizer = self.fsdp or deepspeed_zero.uses_deepspeed(self.accelerator)
+        self.sharded_optimizer = self.fsdp or self.deepspeed
         seed_everything(config.seed)
         self.stage = make_stage(config)
         self.stage.cache_documents = not self.fsdp
@@ -381,7 +382,6 @@ class Trainer:
     def _load_optimizer(self, folder: Path) -> None:
         """``optimizer.pt``; or each process's own shard under FSDP; or every process's shard under DeepSpeed,
         whose ZeRO optimiser reads the list of them. The launcher settings must be those the checkpoint had."""
-        deepspeed = deepspeed_zero.uses_deepspeed(self.accelerator)
         world = self.accelerator.num_processes
         shards = sorted(folder.glob("optimizer-*.pt"))
         if self.sharded_optimizer and len(shards) != world:
@@ -395,14 +395,14 @@ class Trainer:
             raise CheckpointError(msg)
         if not self.sharded_optimizer:
             files = [folder / "optimizer.pt"]
-        elif deepspeed:
+        elif self.deepspeed:
             files = [folder / f"optimizer-{r}.pt" for r in range(world)]
         else:
             files = [folder / f"optimizer-{self.accelerator.process_index}.pt"]
-        allowed = deepspeed_zero.checkpoint_globals() if deepspeed else []
+        allowed = deepspeed_zero.checkpoint_globals() if self.deepspeed else []
         with torch.serialization.safe_globals(allowed):
             states = [torch.load(f, weights_only=True, map_location="cpu") for f in files]
-        self.optimizer.load_state_dict(states if deepspeed else states[0])
+        self.optimizer.load_state_dict(states if self.deepspeed else states[0])
 
     def _resolve_resume(self, resume_from: str) -> Path:
         if resume_from != "latest":
