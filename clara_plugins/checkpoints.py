@@ -3,7 +3,13 @@
 Official layout (reference section 5), per ``compression-N`` folder: ``config.json``, ``adapters.pth`` (a pickled
 ``{adapter name: peft state dict}``) and ``decoder_first_last_layers.pth`` (full embedding and output matrices).
 Both pickles are read with ``torch.load(weights_only=True)`` only. Unlike the official loader, every adapter
-present is loaded for its role, a missing or malformed file is an error naming it, and Hub subfolders work.
+present is loaded for its role, a missing or malformed file is an error naming it, and Hub subfolders work. Each
+adapter dict may also carry full ``embed_tokens`` / ``lm_head`` matrices (peft saves them when the vocabulary was
+resized); they are applied as the official loader applies them, after ``decoder_first_last_layers.pth``, in file
+order, with a warning when they differ from that file.
+
+Reading returns :class:`CheckpointParts`; ``ClaraModel.from_pretrained`` builds itself from them, so this module
+does not import the model.
 
 Our format (``save_pretrained``): ``clara_config.json``, ``adapters.safetensors`` (keys ``{role}.layers...``),
 ``token_rows.safetensors`` (only the embedding/output rows that differ from the base model), the tokenizer, and
@@ -17,8 +23,9 @@ import importlib.resources
 import json
 import logging
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -27,7 +34,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from clara_plugins.config import OFFICIAL_TO_ROLE, OUR_CONFIG_FILE, ROLE_TO_OFFICIAL, ROLES, ClaraConfig
 from clara_plugins.errors import CheckpointError, ClaraError
-from clara_plugins.model import ClaraModel, default_device, resolve_dtype, row_checksums
+from clara_plugins.torch_utils import default_device, resolve_dtype, row_checksums
+
+if TYPE_CHECKING:
+    from clara_plugins.model import ClaraModel
 
 logger = logging.getLogger(__name__)
 
@@ -96,25 +106,58 @@ def _download(repo_id: str, subfolder: str | None, **hub_kwargs: Any) -> Path:
 
 
 # ---------------------------------------------------------------------------- loading
-def load_pretrained(
+@dataclass
+class CheckpointParts:
+    """What a checkpoint folder holds, read and checked, before a ``ClaraModel`` is built from it.
+
+    ``ClaraModel.from_pretrained`` builds the model from ``base_lm``, ``tokenizer``, ``config`` and ``roles``
+    (:meth:`ClaraModel.from_base`), then calls :func:`load_weights` with these parts.
+    """
+
+    folder: Path
+    kind: str  # "official" or "ours"
+    config: ClaraConfig
+    base_lm: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    base_source: str
+    roles: list[str]
+    adapters: dict[str, dict[str, torch.Tensor]]  # role -> LoRA tensors, in the file's order
+    adapters_file: str  # for error messages: ``path['adapter name']`` is appended
+    matrices: dict[str, torch.Tensor] = field(default_factory=dict)  # official: full embed_tokens / lm_head
+    # official: (adapter name, "embed_tokens" | "lm_head", matrix) saved inside adapters.pth, in file order
+    matrix_copies: list[tuple[str, str, torch.Tensor]] = field(default_factory=list)
+    rows: dict[str, torch.Tensor] = field(default_factory=dict)  # ours: only the changed rows
+
+
+def read_checkpoint(
     source: str | Path,
     subfolder: str | None = None,
     base_model: str | None = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     **hub_kwargs: Any,
-) -> ClaraModel:
-    """See :meth:`ClaraModel.from_pretrained`."""
+) -> CheckpointParts:
+    """Locate, read and check a checkpoint (see :meth:`ClaraModel.from_pretrained` for the arguments)."""
     folder, kind = locate(source, subfolder, **hub_kwargs)
     device = torch.device(device) if device is not None else default_device()
     dtype = resolve_dtype(dtype, device)
-    loader = _load_ours if kind == "ours" else _load_official
+    reader = _read_ours if kind == "ours" else _read_official
     base_kwargs = {k: v for k, v in hub_kwargs.items() if k in ("token", "cache_dir")}  # e.g. gated Mistral
-    model = loader(folder, base_model, device, dtype, **base_kwargs)
-    model.source = str(source) + (f"/{subfolder}" if subfolder else "")
-    model.peft_model.eval()
-    logger.info("loaded %s (%s format, roles %s) on %s/%s", model.source, kind, model.roles, device, dtype)
-    return model
+    return reader(folder, base_model, device, dtype, **base_kwargs)
+
+
+def load_weights(model: ClaraModel, parts: CheckpointParts) -> None:
+    """Fill a model built from ``parts`` with the checkpoint's token rows and adapters (shapes checked)."""
+    if parts.kind == "official":
+        _load_full_matrices(model, parts.matrices, parts.folder / "decoder_first_last_layers.pth")
+        for name, kind, matrix in parts.matrix_copies:  # what the official loader does next: last copy wins
+            target = model.peft_model.get_input_embeddings() if kind == "embed_tokens" else model.base_lm.lm_head
+            _copy_checked(target.weight, matrix, f"{parts.adapters_file}[{name!r}] {kind}")
+    else:
+        _apply_rows(model, parts.rows, parts.folder / ROWS_FILE)
+    for role, state in parts.adapters.items():
+        name = ROLE_TO_OFFICIAL[role] if parts.kind == "official" else role  # as the file names it
+        _load_adapter(model, role, state, f"{parts.adapters_file}[{name!r}]")
 
 
 def _load_base(
@@ -163,9 +206,9 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _load_official(
+def _read_official(
     folder: Path, base_model: str | None, device: torch.device, dtype: torch.dtype, **hub_kwargs: Any
-) -> ClaraModel:
+) -> CheckpointParts:
     data = _read_json(folder / "config.json")
     if str(data.get("model_type", "")).lower() != "clara":
         msg = f"{folder / 'config.json'} is not a CLaRa config (model_type={data.get('model_type')!r})"
@@ -175,28 +218,92 @@ def _load_official(
     except ClaraError as err:
         msg = f"{folder / 'config.json'}: {err}"
         raise CheckpointError(msg) from err
-    adapters = _torch_load(folder / "adapters.pth")
-    matrices = _torch_load(folder / "decoder_first_last_layers.pth")
+    adapters_file = folder / "adapters.pth"
+    adapters = _torch_load(adapters_file)
+    matrices_file = folder / "decoder_first_last_layers.pth"
+    matrices = _token_matrix_state(_torch_load(matrices_file), matrices_file)
     unknown = [name for name in adapters if name not in OFFICIAL_TO_ROLE]
     if unknown:
-        msg = f"{folder / 'adapters.pth'}: unknown adapter names {unknown}; expected {sorted(OFFICIAL_TO_ROLE)}"
+        msg = f"{adapters_file}: unknown adapter names {unknown}; expected {sorted(OFFICIAL_TO_ROLE)}"
         raise CheckpointError(msg)
-    roles = [r for r in ROLES if ROLE_TO_OFFICIAL[r] in adapters]
+    lora: dict[str, dict[str, torch.Tensor]] = {}
+    copies_in_order: list[tuple[str, str, torch.Tensor]] = []
+    differing = []
+    for name, state in adapters.items():  # the file's order: the official loader's order, the last copy wins
+        if not isinstance(state, dict):
+            msg = f"{adapters_file}[{name!r}] is a {type(state).__name__}, not a state dict"
+            raise CheckpointError(msg)
+        lora[OFFICIAL_TO_ROLE[name]], copies = _split_embedding_copies(state)
+        for kind, tensor in copies.items():
+            if kind in matrices and not _same(tensor, matrices[kind]):
+                differing.append(f"{name}:{kind}")
+            copies_in_order.append((name, kind, tensor))
+    if not differing:
+        copies_in_order = []  # copies equal to decoder_first_last_layers.pth (the usual case) change nothing
+    else:
+        logger.warning(
+            "%s: the embedding copies saved with adapters %s differ from %s; using what the official loader ends up "
+            "with (each adapter's copy loaded after that file, in file order: the last one wins)",
+            adapters_file,
+            differing,
+            matrices_file.name,
+        )
     lm, tokenizer = _load_base(config.base_model, device, dtype, **hub_kwargs)
-    model = ClaraModel.from_base(lm, tokenizer, config, roles=roles)
-    model.base_source = config.base_model
-    _load_full_matrices(model, matrices, folder / "decoder_first_last_layers.pth")
-    for name, state in adapters.items():
-        _load_adapter(model, OFFICIAL_TO_ROLE[name], state, f"{folder / 'adapters.pth'}[{name!r}]")
-    return model
+    roles = [r for r in ROLES if r in lora]
+    return CheckpointParts(
+        folder,
+        "official",
+        config,
+        lm,
+        tokenizer,
+        config.base_model,
+        roles,
+        lora,
+        str(adapters_file),
+        matrices=matrices,
+        matrix_copies=copies_in_order,
+    )
 
 
-def _find(state: dict, suffix: str, file: Path) -> torch.Tensor:
-    keys = [k for k in state if k.endswith(suffix)]
-    if len(keys) != 1:
-        msg = f"{file}: expected one '*{suffix}' tensor, found {keys or 'none'} among {list(state)[:6]}"
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return isinstance(a, torch.Tensor) and a.shape == b.shape and torch.equal(a.to(b.dtype), b)
+
+
+def _split_embedding_copies(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """An official adapter dict's LoRA tensors, and the full embedding/output matrices peft saved beside them
+    (``get_peft_model_state_dict(save_embedding_layers="auto")`` adds them when the vocabulary was resized)."""
+    lora, copies = {}, {}
+    for key, value in state.items():
+        kind = _matrix_kind(key) if canonical_lora_key(key) is None else None
+        if kind is None:
+            lora[key] = value
+        else:
+            copies[kind] = value
+    return lora, copies
+
+
+def _matrix_kind(key: str) -> str | None:
+    """``"embed_tokens"`` or ``"lm_head"`` for a full-matrix key (``model.embed_tokens.weight``,
+    ``base_model.model.lm_head.weight``, ...), else None."""
+    for kind in ("embed_tokens", "lm_head"):
+        if re.search(rf"(^|\.){kind}(\.base_layer)?\.weight$", key):
+            return kind
+    return None
+
+
+def _token_matrix_state(state: dict, file: Path) -> dict[str, torch.Tensor]:
+    """``{"embed_tokens": [V, H], "lm_head": [V, H]}`` from ``decoder_first_last_layers.pth``."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        kind = _matrix_kind(key)
+        if kind is None or kind in out:
+            msg = f"{file}: unexpected or repeated key {key!r}; expected one embed_tokens and one lm_head matrix"
+            raise CheckpointError(msg)
+        out[kind] = value
+    if "embed_tokens" not in out:
+        msg = f"{file}: no embed_tokens matrix among {list(state)[:6]}"
         raise CheckpointError(msg)
-    return state[keys[0]]
+    return out
 
 
 def _copy_checked(target: torch.Tensor, value: torch.Tensor, what: str) -> None:
@@ -208,12 +315,15 @@ def _copy_checked(target: torch.Tensor, value: torch.Tensor, what: str) -> None:
         target.copy_(value.to(target.device, target.dtype))
 
 
-def _load_full_matrices(model: ClaraModel, state: dict, file: Path) -> None:
+def _load_full_matrices(model: ClaraModel, state: dict[str, torch.Tensor], file: Path) -> None:
     embed = model.peft_model.get_input_embeddings().weight
-    _copy_checked(embed, _find(state, "embed_tokens.weight", file), f"{file} embed_tokens")
+    _copy_checked(embed, state["embed_tokens"], f"{file} embed_tokens")
     head = model.base_lm.get_output_embeddings()
     if head is not None and head.weight is not embed:
-        _copy_checked(head.weight, _find(state, "lm_head.weight", file), f"{file} lm_head")
+        if "lm_head" not in state:
+            msg = f"{file}: no lm_head matrix, and the base model's output matrix is not tied to its embeddings"
+            raise CheckpointError(msg)
+        _copy_checked(head.weight, state["lm_head"], f"{file} lm_head")
 
 
 def canonical_lora_key(name: str) -> str | None:
@@ -246,9 +356,9 @@ def _load_adapter(model: ClaraModel, role: str, state: dict, what: str) -> None:
         _copy_checked(param, theirs[key], f"{what} {key}")
 
 
-def _load_ours(
+def _read_ours(
     folder: Path, base_model: str | None, device: torch.device, dtype: torch.dtype, **hub_kwargs: Any
-) -> ClaraModel:
+) -> CheckpointParts:
     try:
         config = ClaraConfig.from_dict(_read_json(folder / OUR_CONFIG_FILE))
     except (ClaraError, TypeError) as err:
@@ -259,18 +369,23 @@ def _load_ours(
             msg = f"missing checkpoint file {folder / name}; refusing to run with untrained weights"
             raise CheckpointError(msg)
     base = base_model or (str(folder / BASE_DIR) if (folder / BASE_DIR).is_dir() else config.base_model)
-    adapters = _read_safetensors(folder / ADAPTERS_FILE)
+    tensors = _read_safetensors(folder / ADAPTERS_FILE)
     rows = _read_safetensors(folder / ROWS_FILE)
-    roles = [r for r in ROLES if any(k.startswith(f"{r}.") for k in adapters)]
+    roles = [r for r in ROLES if any(k.startswith(f"{r}.") for k in tensors)]
+    adapters = {r: {k[len(r) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{r}.")} for r in roles}
     lm, tokenizer = _load_base(base, device, dtype, tokenizer_from=folder, **hub_kwargs)
-    model = ClaraModel.from_base(lm, tokenizer, config, roles=roles or ["compressor"])
-    model.base_source = base
-    _apply_rows(model, rows, folder / ROWS_FILE)
-    for role in roles:
-        prefix = f"{role}."
-        state = {k[len(prefix) :]: v for k, v in adapters.items() if k.startswith(prefix)}
-        _load_adapter(model, role, state, f"{folder / ADAPTERS_FILE}[{role}]")
-    return model
+    return CheckpointParts(
+        folder,
+        "ours",
+        config,
+        lm,
+        tokenizer,
+        base,
+        roles or ["compressor"],
+        adapters,
+        str(folder / ADAPTERS_FILE),
+        rows=rows,
+    )
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -372,32 +487,19 @@ def save_official(model: ClaraModel, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(model.config.to_official(), indent=2) + "\n")
-    adapters = {
-        ROLE_TO_OFFICIAL[role]: {
-            f"model.{k}": p.detach().cpu().clone() for k, p in adapter_tensors(model, role).items()
-        }
-        for role in model.roles
-    }
-    torch.save(adapters, folder / "adapters.pth")
     matrices = {
         f"{'model.' if n == 'embed_tokens' else ''}{n}.weight": m.detach().cpu().clone()
         for n, m in _token_matrices(model).items()
     }
+    # as the official save does: each adapter's dict also carries the resized matrices (peft's
+    # save_embedding_layers="auto" adds them because CLaRa added tokens to the vocabulary)
+    adapters = {
+        ROLE_TO_OFFICIAL[role]: {
+            **{f"model.{k}": p.detach().cpu().clone() for k, p in adapter_tensors(model, role).items()},
+            **{k: v.clone() for k, v in matrices.items()},
+        }
+        for role in model.roles
+    }
+    torch.save(adapters, folder / "adapters.pth")
     torch.save(matrices, folder / "decoder_first_last_layers.pth")
     return folder
-
-
-def convert_official(
-    source: str | Path,
-    target: str | Path,
-    subfolder: str | None = None,
-    base_model: str | None = None,
-    dtype: str | torch.dtype | None = None,
-) -> Path:
-    """Convert an official checkpoint (local or Hub) into our safetensors format, once, on the CPU."""
-    folder, kind = locate(source, subfolder)
-    if kind != "official":
-        msg = f"{folder} is already in the clara-plugins format"
-        raise CheckpointError(msg)
-    model = _load_official(folder, base_model, torch.device("cpu"), resolve_dtype(dtype or "bf16", torch.device("cpu")))
-    return save_pretrained(model, target)

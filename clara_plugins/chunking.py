@@ -8,6 +8,7 @@ concatenated give back the whole text.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -63,13 +64,20 @@ def _best_cut(text: str, start: int, limit: int) -> int:
     return limit
 
 
-def chunk_text(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[Chunk]:
-    """Split ``text`` into chunks of at most ``max_tokens`` tokens (as the tokenizer counts them alone).
+def chunk_text(
+    text: str,
+    tokenizer: PreTrainedTokenizerBase,
+    max_tokens: int,
+    count_tokens: Callable[[str], int] | None = None,
+) -> list[Chunk]:
+    """Split ``text`` into chunks of at most ``max_tokens`` tokens.
 
     Args:
         text: the text to split; an empty text gives no chunk.
         tokenizer: the model's tokenizer.
         max_tokens: most tokens per chunk (the model's ``doc_max_length``).
+        count_tokens: how a piece's tokens are counted where it will be used (default: the piece tokenized
+            alone); a tokenizer's prefix-space rules can make a piece one token longer in context.
 
     Returns:
         Chunks in order, covering the text without gaps or overlaps.
@@ -80,16 +88,18 @@ def chunk_text(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -
     if max_tokens < 1:
         msg = f"max_tokens must be >= 1, got {max_tokens}"
         raise InputError(msg)
+    count = count_tokens or (lambda piece: _n_tokens(tokenizer, piece))
     chunks: list[Chunk] = []
     start = 0
     while start < len(text):
         ends, reaches_end = _window_token_ends(tokenizer, text, start, max_tokens)
-        if len(ends) <= max_tokens and reaches_end:
+        if len(ends) <= max_tokens and reaches_end and count(text[start:]) <= max_tokens:
             chunks.append(Chunk(text[start:], start, len(text)))
             break
-        end = _best_cut(text, start, start + ends[max_tokens - 1])
-        # a piece re-tokenized alone can differ by a token at its edges: shrink until it fits
-        while end > start + 1 and _n_tokens(tokenizer, text[start:end]) > max_tokens:
+        ends = ends[:max_tokens] if len(ends) >= max_tokens else ends
+        end = _best_cut(text, start, start + ends[-1])
+        # a piece re-tokenized alone (or in context) can differ by a token at its edges: shrink until it fits
+        while end > start + 1 and count(text[start:end]) > max_tokens:
             end = _best_cut(text, start, end - 1) if end - 1 > start else end - 1
         chunks.append(Chunk(text[start:end], start, end))
         start = end

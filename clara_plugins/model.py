@@ -24,11 +24,13 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TextIteratorStreamer
 
+from clara_plugins.checkpoints import CheckpointParts, load_weights, read_checkpoint, save_pretrained
 from clara_plugins.chunking import Chunk, chunk_text
 from clara_plugins.config import ROLES, ClaraConfig
-from clara_plugins.errors import ConfigError, InputError
+from clara_plugins.errors import CheckpointError, ConfigError, InputError
 from clara_plugins.prompts import prompt_ids, template_for
-from clara_plugins.tokens import SpecialIds, add_clara_tokens, check_texts, plain_ids
+from clara_plugins.tokens import SpecialIds, add_clara_tokens, check_texts, document_ids
+from clara_plugins.torch_utils import default_device, resolve_dtype, row_checksums  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -42,41 +44,6 @@ class ClaraAnswer:
     text: str
     indices: list[int]
     scores: list[float]
-
-
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``None`` means bf16 on CUDA and fp32 elsewhere; strings like ``"bf16"`` or ``"float32"`` are accepted."""
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-        "fp32": torch.float32,
-        "float32": torch.float32,
-    }
-    if dtype not in names:
-        msg = f"dtype must be one of {sorted(names)} or a torch.dtype, got {dtype!r}"
-        raise ConfigError(msg)
-    return names[dtype]
-
-
-def row_checksums(matrix: torch.Tensor) -> torch.Tensor:
-    """Two position-weighted sums per row (fp64), to tell later which rows of a [V, H] matrix changed."""
-    m = matrix.detach().to("cpu", torch.float64)
-    weights = torch.linspace(1.0, 2.0, m.shape[1], dtype=torch.float64)
-    return torch.stack([m.sum(1), (m * weights).sum(1)], dim=1)
 
 
 class ClaraModel:
@@ -126,6 +93,7 @@ class ClaraModel:
         config: ClaraConfig,
         roles: Sequence[str] = ROLES,
         source: str | None = None,
+        chat_template: str | None = None,
     ) -> ClaraModel:
         """Wrap a base causal LM: add the CLaRa tokens, resize the embeddings and attach one LoRA adapter per role.
 
@@ -136,6 +104,8 @@ class ClaraModel:
         if unknown or not roles:
             msg = f"roles must be a non-empty subset of {ROLES}, got {list(roles)}"
             raise ConfigError(msg)
+        if chat_template is not None:
+            tokenizer.chat_template = chat_template
         base_vocab = base_lm.get_input_embeddings().weight.shape[0]
         config.base_vocab_size = config.base_vocab_size or base_vocab
         sums = {"embed_tokens": row_checksums(base_lm.get_input_embeddings().weight)}
@@ -169,6 +139,7 @@ class ClaraModel:
         base_model: str | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        chat_template: str | None = None,
         **hub_kwargs: Any,
     ) -> ClaraModel:
         """Load a CLaRa model.
@@ -181,19 +152,45 @@ class ClaraModel:
                 private absolute paths).
             device: ``"cuda"``, ``"mps"``, ``"cpu"``...; default: the best available.
             dtype: default bf16 on CUDA, fp32 elsewhere.
+            chat_template: a Jinja chat template for a base tokenizer that has none (prompts are rendered with it).
             **hub_kwargs: ``revision``, ``token``, ``cache_dir`` for Hub downloads.
         """
-        from clara_plugins.checkpoints import load_pretrained
+        parts = read_checkpoint(source, subfolder, base_model, device, dtype, **hub_kwargs)
+        if chat_template is not None:
+            parts.tokenizer.chat_template = chat_template
+        return cls._from_parts(parts, str(source) + (f"/{subfolder}" if subfolder else ""))
 
-        return load_pretrained(
-            source, subfolder=subfolder, base_model=base_model, device=device, dtype=dtype, **hub_kwargs
+    @classmethod
+    def _from_parts(cls, parts: CheckpointParts, source: str) -> ClaraModel:
+        """Build the model from a checkpoint's parts, then fill in its weights."""
+        model = cls.from_base(parts.base_lm, parts.tokenizer, parts.config, roles=parts.roles, source=source)
+        model.base_source = parts.base_source
+        load_weights(model, parts)
+        model.peft_model.eval()
+        logger.info(
+            "loaded %s (%s format, roles %s) on %s/%s", source, parts.kind, model.roles, model.device, model.dtype
         )
+        return model
 
     def save_pretrained(self, path: str | Path, include_base: bool | None = None) -> Path:
         """Save in our format (safetensors only); see :func:`clara_plugins.checkpoints.save_pretrained`."""
-        from clara_plugins.checkpoints import save_pretrained
-
         return save_pretrained(self, path, include_base=include_base)
+
+    @classmethod
+    def convert_official(
+        cls,
+        source: str | Path,
+        target: str | Path,
+        subfolder: str | None = None,
+        base_model: str | None = None,
+        dtype: str | torch.dtype | None = None,
+    ) -> Path:
+        """Convert an official checkpoint (local or Hub) into our safetensors format, once, on the CPU."""
+        parts = read_checkpoint(source, subfolder, base_model, device="cpu", dtype=dtype or "bf16")
+        if parts.kind != "official":
+            msg = f"{parts.folder} is already in the clara-plugins format"
+            raise CheckpointError(msg)
+        return cls._from_parts(parts, str(source)).save_pretrained(target)
 
     def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> ClaraModel:
         device = torch.device(device) if device is not None else self.device
@@ -313,38 +310,37 @@ class ClaraModel:
     def tokenize_documents(self, texts: Sequence[str], truncate: bool = False, name: str = "texts") -> dict:
         """Token ids ``<ENC><s>text</s><MEM0>..<MEM{n-1}>``, left-padded to the longest in the batch.
 
-        Texts over ``doc_max_length`` tokens raise (chunk them first) unless ``truncate`` is set, in which case
-        the text is cut but ``</s>`` is kept.
+        The string ``<ENC><s>{text}</s>`` is tokenized as the official code tokenizes it (the text kept plain).
+        Texts over ``doc_max_length`` tokens raise (chunk them first) unless ``truncate`` is set, which cuts as
+        the official encoder does: the first ``doc_max_length + 3`` tokens are kept, so ``</s>`` is lost.
         """
-        return self._document_batch(plain_ids(self.tokenizer, texts), range(len(texts)), truncate, name)
+        return self._document_batch(document_ids(self.tokenizer, texts), range(len(texts)), truncate, name)
 
-    def _document_batch(
-        self, token_ids: Sequence[list[int]], positions: Sequence[int], truncate: bool, name: str
-    ) -> dict:
-        """The batch of :meth:`tokenize_documents` from already tokenized texts (``positions`` name them in errors)."""
-        sp, limit = self.special_token_ids, self.config.doc_max_length
-        rows = []
-        for i, ids in zip(positions, token_ids):
-            if len(ids) > limit:
+    def _document_batch(self, rows: Sequence[list[int]], positions: Sequence[int], truncate: bool, name: str) -> dict:
+        """The batch of :meth:`tokenize_documents` from rows ``[enc, bos, *text, eos]`` (``positions`` name them)."""
+        limit = self.config.doc_max_length
+        out = []
+        for i, row in zip(positions, rows):
+            if len(row) - 3 > limit:
                 if not truncate:
                     msg = (
-                        f"{name}[{i}] has {len(ids)} tokens, more than doc_max_length={limit}; split it with "
-                        "model.chunk(text) (ClaraRAG.index does this for you)"
+                        f"{name}[{i}] has {len(row) - 3} tokens, more than doc_max_length={limit}; split it with "
+                        "model.chunk(text) (ClaraRAG.index does this for you), or pass truncate=True"
                     )
                     raise InputError(msg)
                 # warn once per model (training and evaluation would otherwise flood the log), then debug
                 log = logger.debug if self._warned_truncation else logger.warning
                 log(
-                    "%s[%d] has %d tokens; truncated to %d (further truncations are logged at debug level)",
+                    "%s[%d] has %d tokens; truncated to %d as the official encoder does",
                     name,
                     i,
-                    len(ids),
-                    limit,
+                    len(row) - 3,
+                    limit + 1,
                 )
                 self._warned_truncation = True
-                ids = ids[:limit]
-            rows.append([sp.enc, sp.bos, *ids, sp.eos, *sp.mem])
-        return self._pad(rows)
+                row = row[: limit + 3]
+            out.append([*row, *self.special_token_ids.mem])
+        return self._pad(out)
 
     def _pad(self, rows: list[list[int]], labels: list[list[int]] | None = None) -> dict:
         width = max(len(r) for r in rows)
@@ -381,7 +377,7 @@ class ClaraModel:
     ) -> torch.Tensor:
         if not texts:
             return torch.zeros(0, self.n_mem, self.hidden_size)
-        token_ids = plain_ids(self.tokenizer, texts)  # tokenized once: for the order and for the batches
+        token_ids = document_ids(self.tokenizer, texts)  # tokenized once: for the order and for the batches
         order = sorted(range(len(texts)), key=lambda i: len(token_ids[i]))  # similar lengths together: less padding
         out = torch.empty(len(texts), self.n_mem, self.hidden_size)
         bar = tqdm(total=len(texts), desc=f"{role} ", unit="text", disable=not show_progress)
@@ -394,24 +390,28 @@ class ClaraModel:
         bar.close()
         return out
 
-    def compress(self, texts: Sequence[str], batch_size: int = 16, show_progress: bool = False) -> torch.Tensor:
+    def compress(
+        self, texts: Sequence[str], batch_size: int = 16, show_progress: bool = False, truncate: bool = False
+    ) -> torch.Tensor:
         """Compress documents into memory vectors.
 
         Args:
             texts: documents of at most ``doc_max_length`` tokens each (use :meth:`chunk` for longer ones).
             batch_size: documents per forward pass.
             show_progress: show a progress bar.
+            truncate: cut longer documents as the official code does (``doc_max_length + 1`` text tokens, no
+                ``</s>``) instead of raising; for pre-chunked benchmark corpora evaluated like the official code.
 
         Returns:
             float32 CPU tensor ``[N, n_mem, hidden_size]``.
         """
         texts = check_texts(texts, "texts")
-        return self._encode(texts, "compressor", batch_size, False, show_progress, "texts")
+        return self._encode(texts, "compressor", batch_size, truncate, show_progress, "texts")
 
     def encode_query(self, questions: Sequence[str], batch_size: int = 16) -> torch.Tensor:
         """Encode questions with the query reasoner: float32 CPU tensor ``[B, n_mem * hidden_size]``.
 
-        Questions over ``doc_max_length`` tokens are truncated with a warning (keeping ``</s>``).
+        Questions over ``doc_max_length`` tokens are truncated with a warning, as the official code does.
         """
         questions = check_texts(questions, "questions")
         return self._encode(questions, "query_reasoner", batch_size, True, False, "questions").flatten(1)
@@ -431,8 +431,15 @@ class ClaraModel:
         return torch.topk(q @ m.T, k=min(k, m.shape[0]), dim=-1)
 
     def chunk(self, text: str) -> list[Chunk]:
-        """Split a text into pieces of at most ``doc_max_length`` tokens with character offsets."""
-        return chunk_text(text, self.tokenizer, self.config.doc_max_length)
+        """Split a text into pieces of at most ``doc_max_length`` tokens with character offsets.
+
+        Pieces are counted as :meth:`compress` tokenizes them (inside ``<ENC><s>...</s>``), so every piece fits.
+        """
+        return chunk_text(text, self.tokenizer, self.config.doc_max_length, count_tokens=self.count_document_tokens)
+
+    def count_document_tokens(self, text: str) -> int:
+        """Text tokens of ``text`` as :meth:`compress` sees it (compared with ``doc_max_length``)."""
+        return len(document_ids(self.tokenizer, [text])[0]) - 3
 
     # ------------------------------------------------------------------ generation
     def build_prompts(
@@ -444,20 +451,26 @@ class ClaraModel:
     ) -> dict:
         """Left-padded prompt batch with ``n_docs[i]`` memory slots for question ``i``.
 
-        With ``answers`` (training), each answer and ``</s>`` follow the prompt and ``labels`` mask everything up
-        to the end of the prompt with -100.
+        Prompts are rendered with the base tokenizer's chat template. With ``answers`` (training), each row is
+        the conversation with the answer as the template's assistant turn (``" {answer}</s>"`` for Mistral), and
+        ``labels`` mask the prompt's tokens with -100, as the official code does.
         """
         questions = check_texts(questions, "questions")
         if len(n_docs) != len(questions):
             msg = f"n_docs has {len(n_docs)} entries for {len(questions)} questions"
             raise InputError(msg)
-        rows = prompt_ids(self.tokenizer, self.special_token_ids, template_for(task), questions, n_docs)
+        if answers is not None:
+            answers = check_texts(answers, "answers")
+            if len(answers) != len(questions):
+                msg = f"answers has {len(answers)} entries for {len(questions)} questions"
+                raise InputError(msg)
+        rows, prompt_lengths = prompt_ids(
+            self.tokenizer, self.special_token_ids, template_for(task), questions, n_docs, answers
+        )
         if answers is None:
             return self._pad(rows)
-        answers = check_texts(answers, "answers")
-        targets = [[*ids, self.special_token_ids.eos] for ids in plain_ids(self.tokenizer, answers)]
-        labels = [[-100] * len(r) + t for r, t in zip(rows, targets, strict=True)]
-        return self._pad([r + t for r, t in zip(rows, targets, strict=True)], labels)
+        labels = [[-100] * n + r[n:] for r, n in zip(rows, prompt_lengths, strict=True)]
+        return self._pad(rows, labels)
 
     def embed_with_memories(self, input_ids: torch.Tensor, memories: torch.Tensor) -> torch.Tensor:
         """Input embeddings ``[B, L, H]`` with every memory slot overwritten by ``memories`` ``[sum k_i, n, H]``.
@@ -588,6 +601,7 @@ class ClaraModel:
         candidates: Sequence[Candidates],
         k: int | None = None,
         max_new_tokens: int | None = None,
+        truncate: bool = False,
     ) -> list[ClaraAnswer]:
         """Rank each question's candidates with the query reasoner and answer from its top ``k``.
 
@@ -597,6 +611,7 @@ class ClaraModel:
                 questions may have different numbers of candidates.
             k: documents per answer; default ``config.generation_top_k``.
             max_new_tokens: generation length.
+            truncate: cut over-long text candidates as the official code does (see :meth:`compress`).
 
         Returns:
             Per question the answer and the chosen candidates' indices and scores, best first.
@@ -606,7 +621,7 @@ class ClaraModel:
         if len(candidates) != len(questions):
             msg = f"candidates has {len(candidates)} entries for {len(questions)} questions"
             raise InputError(msg)
-        memories = self._candidate_memories(candidates)
+        memories = self._candidate_memories(candidates, truncate)
         queries = self.encode_query(questions)  # (B, D)
         picked, results = [], []
         for q, mem in zip(queries, memories):  # one small matmul per question: counts may differ
@@ -619,13 +634,13 @@ class ClaraModel:
         texts = self.generate(questions, picked, max_new_tokens=max_new_tokens)
         return [ClaraAnswer(t, i, s) for t, (i, s) in zip(texts, results)]
 
-    def _candidate_memories(self, candidates: Sequence[Candidates]) -> list[torch.Tensor]:
+    def _candidate_memories(self, candidates: Sequence[Candidates], truncate: bool = False) -> list[torch.Tensor]:
         """Memories per question; all text candidates are compressed in one batched call."""
         texts: list[str] = []
         for i, cands in enumerate(candidates):
             if not isinstance(cands, torch.Tensor):
                 texts += check_texts(cands, f"candidates[{i}]")
-        compressed = self.compress(texts) if texts else None
+        compressed = self.compress(texts, truncate=truncate) if texts else None
         out, pos = [], 0
         for i, cands in enumerate(candidates):
             if isinstance(cands, torch.Tensor):

@@ -1,9 +1,10 @@
 """The exact prompts of the reference (section 4) and their token ids with memory slots.
 
-A prompt is ``<s>[INST] {system}\\n\\n{user} [/INST]`` (the Mistral chat template with the system message folded
-into the user turn). ``{user}`` holds ``{slots}``: one ``<MEM0>..<MEM{n-1}><SEP>`` group per document, whose memory
-positions the generator overwrites with that document's vectors. Prompts are built from token ids, never by
-tokenizing one formatted string, so nothing a user types can become a control token.
+The system and user messages are rendered with the base tokenizer's own chat template (:mod:`clara_plugins.chat`);
+with Mistral-7B-Instruct-v0.2's template that is ``<s> [INST] {system}\\n\\n{user} [/INST]``. ``{user}`` holds
+``{slots}``: one ``<MEM0>..<MEM{n-1}><SEP>`` group per document, whose memory positions the generator overwrites with
+that document's vectors. The rendered string is tokenized as the official code tokenizes it, except that nothing the
+user typed can become a control token (:func:`clara_plugins.tokens.encode_formatted`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from clara_plugins.errors import InputError
-from clara_plugins.tokens import SpecialIds, plain_ids
+from clara_plugins.chat import render_chat
+from clara_plugins.errors import ConfigError, InputError
+from clara_plugins.tokens import SpecialIds, encode_formatted
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,18 @@ def qa_target(questions: Sequence[str], answers: Sequence[str]) -> str:
     return "\n".join(f"Question: {q}\nAnswer: {a}" for q, a in zip(questions, answers, strict=True))
 
 
-def slot_ids(ids: SpecialIds, n_docs: int) -> list[int]:
-    """``<MEM0>..<MEM{n-1}><SEP>`` once per document, concatenated with no separator."""
-    return [*ids.mem, ids.sep] * n_docs
+def slot_text(n_mem: int, n_docs: int) -> str:
+    """``<MEM0>..<MEM{n-1}><SEP>`` once per document, concatenated with no separator (parsed as control tokens)."""
+    return ("".join(f"<MEM{i}>" for i in range(n_mem)) + "<SEP>") * n_docs
+
+
+def user_parts(template: PromptTemplate, slots: str) -> tuple[list[str], bool]:
+    """The template text of the user message around the question, with the slots filled in, and whether the
+    template has a question at all (the stage-1 QA and paraphrase prompts have none)."""
+    if "{question}" not in template.user:
+        return [template.user.replace("{slots}", slots)], False
+    before, after = template.user.split("{question}")
+    return [before.replace("{slots}", slots), after.replace("{slots}", slots)], True
 
 
 def prompt_ids(
@@ -77,15 +88,27 @@ def prompt_ids(
     template: PromptTemplate,
     questions: Sequence[str],
     n_docs: Sequence[int],
-) -> list[list[int]]:
-    """Token ids of one prompt per question, with ``n_docs[i]`` memory slots for question ``i``.
+    answers: Sequence[str] | None = None,
+) -> tuple[list[list[int]], list[int]]:
+    """Token ids of one prompt per question, rendered with the tokenizer's chat template (reference section 4).
 
-    The text before the slots and the text after them are each tokenized as one run (as the tokenizer splits a
-    formatted string at special tokens), with special-token strings in the question kept as plain text.
+    Returns ``(rows, prompt_lengths)``. Without answers each row is the prompt with the template's generation
+    prompt. With answers each row is the whole conversation, the answer rendered as the template renders an
+    assistant turn (``" {answer}</s>"`` for Mistral), and ``prompt_lengths[i]`` tokens of it are the prompt
+    (the training labels mask them), as the official code computes them.
     """
-    before, after = template.user.split("{slots}")
-    head = f"[INST] {template.system}\n\n{before}"
-    tails = [f"{after} [/INST]".replace("{question}", q) for q in questions]
-    head_ids = plain_ids(tokenizer, [head])[0] if head.strip() else []
-    tail_ids = plain_ids(tokenizer, tails)
-    return [[ids.bos, *head_ids, *slot_ids(ids, k), *tail] for k, tail in zip(n_docs, tail_ids, strict=True)]
+    n_mem = len(ids.mem)
+    prompts, full = [], []
+    for i, (question, k) in enumerate(zip(questions, n_docs, strict=True)):
+        parts, asks = user_parts(template, slot_text(n_mem, k))
+        texts = [question] if asks else []
+        prompts.append(render_chat(tokenizer, template.system, parts, texts))
+        if answers is not None:
+            full.append(render_chat(tokenizer, template.system, parts, texts, answer=answers[i]))
+    prompt_rows = encode_formatted(tokenizer, [r.text for r in prompts], [r.user_spans for r in prompts])
+    rows = encode_formatted(tokenizer, [r.text for r in full], [r.user_spans for r in full]) if full else prompt_rows
+    for row, k in zip(rows, n_docs):
+        if int(sum(1 for t in row if ids.mem[0] <= t <= ids.mem[-1])) != k * n_mem:
+            msg = f"the rendered prompt does not hold its {k} x {n_mem} memory slots; check the chat template"
+            raise ConfigError(msg)
+    return rows, [len(r) for r in prompt_rows]

@@ -21,9 +21,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from clara_plugins.checkpoints import convert_official
+    from clara_plugins.model import ClaraModel
 
-    out = convert_official(
+    out = ClaraModel.convert_official(
         args.source, args.target, subfolder=args.subfolder, base_model=args.base_model, dtype=args.dtype
     )
     print(f"wrote {out}")
