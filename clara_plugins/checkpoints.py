@@ -439,11 +439,31 @@ def save_pretrained(model: ClaraModel, path: str | Path, include_base: bool | No
     save_file(tensors, str(path / ADAPTERS_FILE), metadata={"format": "pt"})
     save_file(_changed_rows(model), str(path / ROWS_FILE), metadata={"format": "pt"})
     model.tokenizer.save_pretrained(path)
+    portable_tokenizer_config(path)
     if include_base is None:  # a Hub id is referenced; anything else must travel with the checkpoint
         include_base = Path(model.base_source).exists() or not _looks_like_hub_id(model.base_source)
     if include_base:
         save_base(model, path / BASE_DIR)
     return path
+
+
+def portable_tokenizer_config(folder: Path) -> None:
+    """Make a saved ``tokenizer_config.json`` readable by transformers 4.56+ as well as 5.x.
+
+    transformers 5 writes ``tokenizer_class: TokenizersBackend`` and the added special tokens as a list under
+    ``extra_special_tokens``; 4.x knows neither. ``PreTrainedTokenizerFast`` with ``additional_special_tokens``
+    loads the same ``tokenizer.json`` in both.
+    """
+    file = folder / "tokenizer_config.json"
+    config = json.loads(file.read_text())
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        config.pop("extra_special_tokens")
+        config["additional_special_tokens"] = extra
+    config.pop("backend", None)
+    file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def _changed_rows(model: ClaraModel) -> dict[str, torch.Tensor]:

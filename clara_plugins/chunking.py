@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from clara_plugins.errors import InputError
+from clara_plugins.tokens import plain_ids, tokenizer_lock
 
 # boundary kinds, best first: a blank line, a sentence end, any whitespace
 _BOUNDARIES = (re.compile(r"\n\s*\n\s*"), re.compile(r"(?<=[.!?;:])[\"')\]]*\s+"), re.compile(r"\s+"))
@@ -30,7 +31,8 @@ class Chunk:
 
 def _token_ends(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Character offset where each token of ``text`` ends."""
-    enc = tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
+    with tokenizer_lock(tokenizer):
+        enc = tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
     return [end for _, end in enc["offset_mapping"]]
 
 
@@ -51,7 +53,7 @@ def _window_token_ends(
 
 
 def _n_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    return len(plain_ids(tokenizer, [text])[0])
 
 
 def _best_cut(text: str, start: int, limit: int) -> int:

@@ -9,6 +9,7 @@ Two ways to tokenize user text:
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -106,8 +107,23 @@ def plain_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[
     """
     if not texts:
         return []
-    enc = tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)
+    with tokenizer_lock(tokenizer):
+        enc = tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)
     return enc["input_ids"]
+
+
+_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def tokenizer_lock(tokenizer: PreTrainedTokenizerBase) -> threading.Lock:
+    """One lock per tokenizer: transformers 4.x reconfigures the Rust tokenizer on each call, and two threads
+    doing so at once fail with "Already borrowed" (seen while searching during indexing)."""
+    with _locks_guard:
+        lock = _locks.get(tokenizer)
+        if lock is None:
+            lock = _locks[tokenizer] = threading.Lock()
+        return lock
 
 
 def _add_additional_special_tokens(tokenizer: PreTrainedTokenizerBase, tokens: list[str]) -> None:
@@ -145,7 +161,8 @@ def encode_formatted(
     if not getattr(tokenizer, "is_fast", False):
         msg = f"{type(tokenizer).__name__} is a slow tokenizer; clara-plugins needs a fast (tokenizers) one"
         raise ConfigError(msg)
-    enc = tokenizer(list(strings), add_special_tokens=False, return_offsets_mapping=True)
+    with tokenizer_lock(tokenizer):
+        enc = tokenizer(list(strings), add_special_tokens=False, return_offsets_mapping=True)
     special = special_token_ids(tokenizer)
     out = []
     for text, spans, ids, offsets in zip(strings, user_spans, enc["input_ids"], enc["offset_mapping"], strict=True):
