@@ -1,7 +1,8 @@
 """Plain text RAG with the same base decoder: the baseline CLaRa is measured against.
 
 The base causal LM (CLaRa's adapters switched off) reads the raw text of the retrieved chunks in the same
-``ANSWER`` prompt CLaRa uses, with the documents' text where CLaRa puts ``<MEM0>..<MEM{n-1}><SEP>`` slots::
+``ANSWER`` prompt CLaRa uses, rendered with the same chat template, with the documents' text where CLaRa puts
+``<MEM0>..<MEM{n-1}><SEP>`` slots (the bundled tiny model's template)::
 
     <s>[INST] {system}\\n\\nBackground:\\n{doc 1}\\n{doc 2}...\\n\\nQuestion:{question} [/INST] {answer}</s>
 
@@ -21,8 +22,8 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from clara_plugins.errors import InputError
-from clara_plugins.prompts import ANSWER, PromptTemplate
-from clara_plugins.tokens import check_texts, plain_ids
+from clara_plugins.prompts import ANSWER, PromptTemplate, conversation_ids, user_message
+from clara_plugins.tokens import check_texts
 
 if TYPE_CHECKING:
     from clara_plugins.model import ClaraModel
@@ -30,25 +31,28 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def text_prompt(question: str, docs: Sequence[str], template: PromptTemplate = ANSWER) -> str:
-    """The prompt text (without ``<s>``): the template with the documents' text joined by newlines as context."""
-    user = template.user.replace("{slots}", "\n".join(docs)).replace("{question}", question)
-    return f"[INST] {template.system}\n\n{user} [/INST]"
-
-
 def text_prompt_ids(
     tokenizer: PreTrainedTokenizerBase,
     questions: Sequence[str],
     docs: Sequence[Sequence[str]],
     template: PromptTemplate = ANSWER,
-) -> list[list[int]]:
-    """Token ids ``<s>`` + prompt per question; user text can never produce a control token."""
+    answers: Sequence[str] | None = None,
+) -> list[list[int]] | tuple[list[list[int]], list[int]]:
+    """The text-RAG prompts: CLaRa's prompt rendered with the chat template, the documents' text joined by newlines
+    in place of the memory slots. User text (documents, questions) can never produce a control token.
+
+    Without answers returns the rows; with answers ``(rows, prompt_lengths)`` as
+    :func:`clara_plugins.prompts.conversation_ids`.
+    """
     questions = check_texts(questions, "questions")
     if len(docs) != len(questions):
         msg = f"docs has {len(docs)} entries for {len(questions)} questions"
         raise InputError(msg)
-    texts = [text_prompt(q, check_texts(d, f"docs[{i}]"), template) for i, (q, d) in enumerate(zip(questions, docs))]
-    return [[tokenizer.bos_token_id, *ids] for ids in plain_ids(tokenizer, texts)]
+    users = [
+        user_message(template, q, docs=check_texts(d, f"docs[{i}]")) for i, (q, d) in enumerate(zip(questions, docs))
+    ]
+    rows, prompt_lengths = conversation_ids(tokenizer, template.system, users, answers)
+    return rows if answers is None else (rows, prompt_lengths)
 
 
 def pad_left(rows: Sequence[Sequence[int]], pad_id: int, labels: Sequence[Sequence[int]] | None = None) -> dict:
@@ -111,15 +115,13 @@ class TextRAG:
         self, questions: Sequence[str], docs: Sequence[Sequence[str]], answers: Sequence[str] | None = None
     ) -> dict:
         """Left-padded prompts; with ``answers`` each answer and ``</s>`` follow and ``labels`` mask the prompt."""
-        rows = text_prompt_ids(self.tokenizer, questions, docs, self.template)
         if answers is None:
+            rows = text_prompt_ids(self.tokenizer, questions, docs, self.template)
             return {k: v.to(self.device) for k, v in pad_left(rows, self.pad_id).items()}
         answers = check_texts(answers, "answers")
-        eos = self.tokenizer.eos_token_id
-        targets = [[*ids, eos] for ids in plain_ids(self.tokenizer, answers)]
-        labels = [[-100] * len(r) + t for r, t in zip(rows, targets, strict=True)]
-        full = [r + t for r, t in zip(rows, targets, strict=True)]
-        return {k: v.to(self.device) for k, v in pad_left(full, self.pad_id, labels).items()}
+        rows, prompt_lengths = text_prompt_ids(self.tokenizer, questions, docs, self.template, answers)
+        labels = [[-100] * n + r[n:] for r, n in zip(rows, prompt_lengths, strict=True)]
+        return {k: v.to(self.device) for k, v in pad_left(rows, self.pad_id, labels).items()}
 
     def generation_config(self, max_new_tokens: int, min_new_tokens: int | None = None) -> GenerationConfig:
         """Greedy decoding, stopping at ``</s>`` (or never before ``min_new_tokens``)."""

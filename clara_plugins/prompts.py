@@ -9,6 +9,7 @@ user typed can become a control token (:func:`clara_plugins.tokens.encode_format
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -73,13 +74,47 @@ def slot_text(n_mem: int, n_docs: int) -> str:
     return ("".join(f"<MEM{i}>" for i in range(n_mem)) + "<SEP>") * n_docs
 
 
-def user_parts(template: PromptTemplate, slots: str) -> tuple[list[str], bool]:
-    """The template text of the user message around the question, with the slots filled in, and whether the
-    template has a question at all (the stage-1 QA and paraphrase prompts have none)."""
-    if "{question}" not in template.user:
-        return [template.user.replace("{slots}", slots)], False
-    before, after = template.user.split("{question}")
-    return [before.replace("{slots}", slots), after.replace("{slots}", slots)], True
+def user_message(
+    template: PromptTemplate, question: str, slots: str = "", docs: Sequence[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """The user message as ``(parts, texts)``: the template's text around the user's texts.
+
+    The message is ``parts[0] + texts[0] + parts[1] + ...``. ``{slots}`` becomes ``slots`` (memory slots, part of
+    the template), or with ``docs`` the documents' text joined by newlines (user texts: the text-RAG baseline);
+    ``{question}`` becomes ``question``.
+    """
+    parts, texts = [""], []
+    for piece in re.split(r"(\{slots\}|\{question\})", template.user):
+        if piece == "{question}" or (piece == "{slots}" and docs is not None):
+            for j, text in enumerate([question] if piece == "{question}" else docs):
+                parts[-1] += "\n" if j else ""
+                texts.append(text)
+                parts.append("")
+        else:
+            parts[-1] += slots if piece == "{slots}" else piece
+    return parts, texts
+
+
+def conversation_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    system: str,
+    users: Sequence[tuple[list[str], list[str]]],
+    answers: Sequence[str] | None = None,
+) -> tuple[list[list[int]], list[int]]:
+    """Token ids of ``[system, user]`` conversations rendered with the tokenizer's chat template.
+
+    Returns ``(rows, prompt_lengths)``. Without answers each row is the prompt with the template's generation
+    prompt. With answers each row is the whole conversation, the answer rendered as the template renders an
+    assistant turn (``" {answer}</s>"`` for Mistral), and its first ``prompt_lengths[i]`` tokens are the prompt
+    (the training labels mask them), as the official code computes them.
+    """
+    prompts = [render_chat(tokenizer, system, parts, texts) for parts, texts in users]
+    prompt_rows = encode_formatted(tokenizer, [r.text for r in prompts], [r.user_spans for r in prompts])
+    if answers is None:
+        return prompt_rows, [len(r) for r in prompt_rows]
+    full = [render_chat(tokenizer, system, p, t, answer=a) for (p, t), a in zip(users, answers, strict=True)]
+    rows = encode_formatted(tokenizer, [r.text for r in full], [r.user_spans for r in full])
+    return rows, [len(r) for r in prompt_rows]
 
 
 def prompt_ids(
@@ -90,25 +125,13 @@ def prompt_ids(
     n_docs: Sequence[int],
     answers: Sequence[str] | None = None,
 ) -> tuple[list[list[int]], list[int]]:
-    """Token ids of one prompt per question, rendered with the tokenizer's chat template (reference section 4).
-
-    Returns ``(rows, prompt_lengths)``. Without answers each row is the prompt with the template's generation
-    prompt. With answers each row is the whole conversation, the answer rendered as the template renders an
-    assistant turn (``" {answer}</s>"`` for Mistral), and ``prompt_lengths[i]`` tokens of it are the prompt
-    (the training labels mask them), as the official code computes them.
-    """
+    """CLaRa prompts (reference section 4) with ``n_docs[i]`` memory slots for question ``i``; see
+    :func:`conversation_ids` for what is returned."""
     n_mem = len(ids.mem)
-    prompts, full = [], []
-    for i, (question, k) in enumerate(zip(questions, n_docs, strict=True)):
-        parts, asks = user_parts(template, slot_text(n_mem, k))
-        texts = [question] if asks else []
-        prompts.append(render_chat(tokenizer, template.system, parts, texts))
-        if answers is not None:
-            full.append(render_chat(tokenizer, template.system, parts, texts, answer=answers[i]))
-    prompt_rows = encode_formatted(tokenizer, [r.text for r in prompts], [r.user_spans for r in prompts])
-    rows = encode_formatted(tokenizer, [r.text for r in full], [r.user_spans for r in full]) if full else prompt_rows
+    users = [user_message(template, q, slot_text(n_mem, k)) for q, k in zip(questions, n_docs, strict=True)]
+    rows, prompt_lengths = conversation_ids(tokenizer, template.system, users, answers)
     for row, k in zip(rows, n_docs):
-        if int(sum(1 for t in row if ids.mem[0] <= t <= ids.mem[-1])) != k * n_mem:
+        if sum(1 for t in row if ids.mem[0] <= t <= ids.mem[-1]) != k * n_mem:
             msg = f"the rendered prompt does not hold its {k} x {n_mem} memory slots; check the chat template"
             raise ConfigError(msg)
-    return rows, [len(r) for r in prompt_rows]
+    return rows, prompt_lengths

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from clara_plugins.baselines import TextRAG, text_prompt, text_prompt_ids
+from clara_plugins.baselines import TextRAG, text_prompt_ids
 from clara_plugins.checkpoints import save_base
 from clara_plugins.errors import InputError
 from clara_plugins.prompts import ANSWER
@@ -19,9 +19,14 @@ DOCS = [
 QUESTIONS = ["What is the capital of France?", "When does water boil?", "Where is Everest?"]
 
 
-def test_prompt_is_the_answer_template_with_text_in_place_of_the_slots():
-    prompt = text_prompt("Who?", ["doc one", "doc two"])
-    assert prompt == f"[INST] {ANSWER.system}\n\nBackground:\ndoc one\ndoc two\n\nQuestion:Who? [/INST]"
+def test_prompt_is_the_answer_template_with_text_in_place_of_the_slots(tiny_model):
+    tok = tiny_model.tokenizer
+    user = "Background:\ndoc one\ndoc two\n\nQuestion:Who?"
+    messages = [{"role": "system", "content": ANSWER.system}, {"role": "user", "content": user}]
+    rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered == f"<s>[INST] {ANSWER.system}\n\n{user} [/INST]"
+    expected = tok(rendered, add_special_tokens=False)["input_ids"]
+    assert text_prompt_ids(tok, ["Who?"], [["doc one", "doc two"]])[0] == expected
 
 
 def test_prompt_ids_start_with_bos_and_user_text_never_becomes_a_control_token(tiny_model):
