@@ -517,12 +517,19 @@ class ClaraModel:
         embeds = self.embed_with_memories(batch["input_ids"], all_mem)
         return {"inputs_embeds": embeds, "attention_mask": batch["attention_mask"]}
 
+    def stop_token_ids(self) -> list[int]:
+        """Tokens that end an answer: the tokenizer's eos and those of the base model's own generation config
+        (Llama 3 ends a turn with ``<|eot_id|>``), which the official code's ``generate`` call stops at."""
+        base = getattr(getattr(self.base_lm, "generation_config", None), "eos_token_id", None)
+        base = base if isinstance(base, list) else [base] if base is not None else []
+        return list(dict.fromkeys([self.special_token_ids.eos, *base]))
+
     def _generation_config(self, max_new_tokens: int | None) -> GenerationConfig:
         return GenerationConfig(
             max_new_tokens=max_new_tokens or self.config.max_new_tokens,
             do_sample=False,
             num_beams=1,
-            eos_token_id=self.special_token_ids.eos,
+            eos_token_id=self.stop_token_ids(),
             pad_token_id=self.special_token_ids.pad,
             bos_token_id=self.special_token_ids.bos,
         )
