@@ -88,6 +88,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from clara_plugins.server.app import create_app
     except ImportError as err:
         raise MissingExtraError(err.name or "fastapi", "server") from err
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:  # startup and shutdown of a server are worth a line
+        logging.getLogger("clara_plugins.server").setLevel(logging.INFO)
     rag, model_name = open_rag(args)
     settings = settings_from_args(args, model_name)
     app = create_app(rag, settings)
