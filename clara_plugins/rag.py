@@ -278,6 +278,16 @@ class ClaraRAG:
         q = self.model.encode_query([question]).numpy()
         return self.store.search(q, k, where=where)[0]
 
+    def search_many(
+        self, questions: Sequence[str], k: int | None = None, where: dict[str, Any] | None = None
+    ) -> list[list[Hit]]:
+        """``search`` for several questions with one query-encoder call and one store query (same ``k``, ``where``)."""
+        for i, question in enumerate(questions):
+            _check_text(question, f"question {i}")
+        k = self._k(k)
+        q = self.model.encode_query(list(questions)).numpy()
+        return self.store.search(q, k, where=where)
+
     def rerank(self, question: str, texts_or_hits: Sequence[str | Hit], k: int | None = None) -> list[Hit]:
         """Rank candidates from any retriever by CLaRa cosine; stored chunks are not compressed again.
 

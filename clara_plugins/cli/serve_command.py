@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from typing import Any
 from urllib.parse import urlparse
@@ -61,12 +62,13 @@ def open_rag(args: argparse.Namespace) -> tuple[Any, str]:
     return ClaraRAG.from_pretrained(model, store=store, device=args.device), str(model)
 
 
-def settings_from_args(args: argparse.Namespace, model_name: str) -> Any:
-    """``ServerSettings`` from the command line and the key environment variables / files."""
+def settings_from_args(args: argparse.Namespace) -> Any:
+    """``ServerSettings`` from the command line and the key environment variables / files, checked before the model
+    is loaded (an exposed address without keys fails at once)."""
     from clara_plugins.server.settings import READ_KEYS_ENV, WRITE_KEYS_ENV, ServerSettings, check_exposure, load_keys
 
     settings = ServerSettings(
-        model_name=args.model_name or model_name,
+        model_name=args.model_name or args.model or "clara",
         read_keys=load_keys(READ_KEYS_ENV, args.api_key_file),
         write_keys=load_keys(WRITE_KEYS_ENV, args.write_key_file),
         max_batch=args.max_batch,
@@ -90,8 +92,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise MissingExtraError(err.name or "fastapi", "server") from err
     if logging.getLogger().getEffectiveLevel() > logging.INFO:  # startup and shutdown of a server are worth a line
         logging.getLogger("clara_plugins.server").setLevel(logging.INFO)
+    settings = settings_from_args(args)
     rag, model_name = open_rag(args)
-    settings = settings_from_args(args, model_name)
+    if not args.model_name:
+        settings = dataclasses.replace(settings, model_name=model_name)
     app = create_app(rag, settings)
     if not settings.auth_enabled:
         logger.warning("no API key configured: anyone who can reach %s:%d can read and write", args.host, args.port)

@@ -51,6 +51,9 @@ class ClaraBackend:
     def search(self, question: str, k: int | None, where: dict[str, Any] | None) -> list[Hit]:
         return self.rag.search(question, k=k, where=where)
 
+    def search_many(self, questions: Sequence[str], k: int | None, where: dict[str, Any] | None) -> list[list[Hit]]:
+        return self.rag.search_many(questions, k=k, where=where)
+
     def generate(self, questions: Sequence[str], hits: Sequence[Sequence[Hit]], max_new_tokens: int) -> list[str]:
         return [a.text for a in self.rag.answer_many(questions, hits, max_new_tokens=max_new_tokens)]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -137,17 +138,29 @@ class Batcher:
                     _resolve(self._loop, job.future, error=err)
 
     def _answer(self, jobs: list[ChatJob]) -> None:
-        """On the model thread: retrieve for each job, then one generator call per ``max_new_tokens``."""
+        """On the model thread: one retrieval per (k, where), then one generator call per ``max_new_tokens``."""
         groups: dict[int, list[tuple[ChatJob, list[Hit]]]] = defaultdict(list)
-        for job in jobs:
-            try:
-                hits = job.hits if job.hits is not None else self.backend.search(job.question, job.k, job.where)
-            except Exception as err:
-                _resolve(self._loop, job.future, error=err)
-                continue
+        for job, hits in self._retrieve(jobs):
             groups[job.max_new_tokens].append((job, hits))
         for max_new_tokens, group in groups.items():
             self._generate(group, max_new_tokens)
+
+    def _retrieve(self, jobs: list[ChatJob]) -> list[tuple[ChatJob, list[Hit]]]:
+        """Each job with its hits: given ones, or the store's (jobs failing here are resolved with the error)."""
+        ready = [(job, job.hits) for job in jobs if job.hits is not None]
+        by_query: dict[str, list[ChatJob]] = defaultdict(list)
+        for job in jobs:
+            if job.hits is None:
+                by_query[json.dumps([job.k, job.where], sort_keys=True, default=str)].append(job)
+        for same in by_query.values():
+            try:
+                found = self.backend.search_many([j.question for j in same], same[0].k, same[0].where)
+            except Exception as err:
+                for job in same:
+                    _resolve(self._loop, job.future, error=err)
+                continue
+            ready += list(zip(same, found))
+        return ready
 
     def _generate(self, group: list[tuple[ChatJob, list[Hit]]], max_new_tokens: int) -> None:
         tick = time.perf_counter()

@@ -306,3 +306,13 @@ def test_client_disconnect_mid_stream_frees_its_slot(rag, url):
 def test_the_first_server_still_answers_after_a_second_one_over_the_same_rag_stopped(rag, url):
     resp = _client(url).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "q"}])
     assert resp.choices[0].message.content is not None
+
+
+def test_batched_retrieval_and_answers_match_one_at_a_time(rag, url):
+    """What the batcher calls (``search_many``, ``answer_many``) gives what ``search``/``ask`` give per question."""
+    many = rag.search_many(QUESTIONS)
+    assert [[h.id for h in hits] for hits in many] == [[h.id for h in rag.search(q)] for q in QUESTIONS]
+    answers = rag.answer_many(QUESTIONS, many, max_new_tokens=16)
+    assert [a.text for a in answers] == [rag.ask(q, max_new_tokens=16).text for q in QUESTIONS]
+    with pytest.raises(ValueError, match="2 questions but 1"):
+        rag.answer_many(QUESTIONS[:2], many[:1])

@@ -83,3 +83,20 @@ def test_stop_sequences_cut_whole_and_streamed_text():
         if stopped:
             break
     assert "".join(sent) == "Paris " and stopped
+
+
+def test_serve_refuses_an_exposed_address_without_keys_before_loading_anything(tmp_path, monkeypatch, capsys):
+    from clara_plugins.cli import main
+
+    monkeypatch.delenv("CLARA_API_KEYS", raising=False)
+    monkeypatch.delenv("CLARA_WRITE_KEYS", raising=False)
+    assert main(["serve", "--db", str(tmp_path / "db"), "--host", "0.0.0.0"]) == 1
+    assert "--allow-no-auth" in capsys.readouterr().err
+    assert not (tmp_path / "db").exists()  # no store was created
+
+
+def test_serve_names_a_missing_key_file(tmp_path, capsys):
+    from clara_plugins.cli import main
+
+    assert main(["serve", "--db", str(tmp_path / "db"), "--api-key-file", str(tmp_path / "keys.txt")]) == 1
+    assert "keys.txt" in capsys.readouterr().err
