@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from chromadb.errors import ChromaError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -65,6 +66,14 @@ def _validation_response(err: RequestValidationError) -> JSONResponse:
     return error_response(422, message, param, "invalid_value")
 
 
+def _chroma_status(err: ChromaError) -> int:
+    """Chroma's own HTTP status for its error (400 for an invalid ``where`` filter), 500 when it has none."""
+    try:
+        return int(err.code())
+    except (AttributeError, TypeError, ValueError):
+        return 500
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every error as OpenAI-style JSON; unexpected ones as a 500 without details (logged here)."""
 
@@ -89,6 +98,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _clara(_: Request, err: ClaraError) -> JSONResponse:
         logger.warning("request failed: %s", err)
         return error_response(400, str(err), None, type(err).__name__)
+
+    @app.exception_handler(ChromaError)
+    async def _chroma(_: Request, err: ChromaError) -> JSONResponse:
+        status = _chroma_status(err)
+        if status >= 500:
+            logger.error("store error", exc_info=err)
+            return error_response(status, "the store failed; see the server log", None, "store_error")
+        return error_response(status, f"the store refused the request: {err}", None, "store_refused")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, err: Exception) -> JSONResponse:

@@ -194,6 +194,11 @@ def test_index_then_delete_with_a_write_key(url, rag):
     assert resp.status_code == 200 and resp.json()["docs_added"] == 1
     hits = httpx.post(f"{url}/v1/search", json={"query": "zebra stripes", "k": 20}, headers=write).json()["data"]
     assert "served-new#0" in _ids(hits)
+    filtered = _client(url).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "What has stripes?"}],
+        extra_body={"clara_where": {"src": "test"}},
+    )  # fmt: skip
+    assert _ids(filtered.model_extra["clara_sources"]) == ["served-new#0"]
     resp = httpx.delete(f"{url}/v1/documents/served-new", headers=write)
     assert resp.json() == {"id": "served-new", "object": "document.deleted", "deleted": True, "chunks_deleted": 1}
     assert rag.store.doc_status(["served-new"]) == {}
@@ -316,3 +321,18 @@ def test_batched_retrieval_and_answers_match_one_at_a_time(rag, url):
     assert [a.text for a in answers] == [rag.ask(q, max_new_tokens=16).text for q in QUESTIONS]
     with pytest.raises(ValueError, match="2 questions but 1"):
         rag.answer_many(QUESTIONS[:2], many[:1])
+
+
+def test_cors_is_off_by_default_and_on_for_listed_origins(rag, url):
+    preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in httpx.options(f"{url}{CHAT}", headers=preflight).headers
+    with serve_in_thread(create_app(rag, _settings(cors_origins=("https://app.example",)))) as cors:
+        allowed = httpx.options(f"{cors}{CHAT}", headers={**preflight, "Origin": "https://app.example"})
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+        assert "access-control-allow-origin" not in httpx.options(f"{cors}{CHAT}", headers=preflight).headers
+
+
+def test_a_bad_metadata_filter_is_a_client_error(url):
+    resp = httpx.post(f"{url}/v1/search", json={"query": "q", "where": {"$nonsense": 1}},
+                      headers={"Authorization": f"Bearer {READ}"})  # fmt: skip
+    _assert_error(resp, 400)
