@@ -120,6 +120,20 @@ def test_concurrent_async_requests_are_batched_and_each_gets_its_own_sources(url
     assert 1 <= batches < len(QUESTIONS)  # at least two questions shared one generator call
 
 
+def test_async_stream(url, expected):
+    async def stream_one(question):
+        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=READ, max_retries=0)
+        stream = await client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": question}], max_tokens=16, stream=True
+        )
+        return [chunk async for chunk in stream]
+
+    question = QUESTIONS[4]
+    chunks = asyncio.run(stream_one(question))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected[question][0]
+    assert _ids(chunks[0].model_extra["clara_sources"]) == expected[question][1]
+
+
 def test_stop_sequence_and_length_finish(url, expected):
     question = QUESTIONS[0]
     answer = expected[question][0]
@@ -255,6 +269,7 @@ def _chat(**fields):
         (CHAT, _chat(max_tokens="lots"), 422, "max_tokens"),
         (CHAT, {"model": "tiny"}, 422, "messages"),
         (CHAT, _chat(clara_documents=["x" * 30_000]), 413, None),
+        (CHAT, _chat(stream=True, clara_where={"$nonsense": 1}), 400, None),  # refused before the stream starts
         ("/v1/search", {"query": "q", "extra": 1}, 422, "extra"),
         ("/v1/index", {"documents": ["ok", "   "]}, 400, None),
         ("/v1/index", {"documents": [{"text": "ok", "metadata": {"nested": {"a": 1}}}]}, 400, None),
