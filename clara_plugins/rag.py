@@ -278,6 +278,16 @@ class ClaraRAG:
         q = self.model.encode_query([question]).numpy()
         return self.store.search(q, k, where=where)[0]
 
+    def search_many(
+        self, questions: Sequence[str], k: int | None = None, where: dict[str, Any] | None = None
+    ) -> list[list[Hit]]:
+        """``search`` for several questions with one query-encoder call and one store query (same ``k``, ``where``)."""
+        for i, question in enumerate(questions):
+            _check_text(question, f"question {i}")
+        k = self._k(k)
+        q = self.model.encode_query(list(questions)).numpy()
+        return self.store.search(q, k, where=where)
+
     def rerank(self, question: str, texts_or_hits: Sequence[str | Hit], k: int | None = None) -> list[Hit]:
         """Rank candidates from any retriever by CLaRa cosine; stored chunks are not compressed again.
 
@@ -349,6 +359,22 @@ class ClaraRAG:
             raise StoreError(msg)
         text = self.model.generate([question], [self.memories_for(hits)], max_new_tokens=max_new_tokens)[0]
         return RAGAnswer(text=text, sources=hits)
+
+    def answer_many(
+        self, questions: Sequence[str], hits: Sequence[Sequence[Hit]], max_new_tokens: int | None = None
+    ) -> list[RAGAnswer]:
+        """Answer several questions in one batched generator call, each from the memories of its own hits."""
+        if len(questions) != len(hits):
+            msg = f"answer_many got {len(questions)} questions but {len(hits)} lists of hits"
+            raise InputError(msg)
+        for i, (question, some) in enumerate(zip(questions, hits)):
+            _check_text(question, f"question {i}")
+            if not some:
+                msg = f"no documents to answer question {i} from: the store is empty or the filter matched nothing"
+                raise StoreError(msg)
+        memories = [self.memories_for(list(some)) for some in hits]
+        texts = self.model.generate(list(questions), memories, max_new_tokens, batch_size=max(1, len(questions)))
+        return [RAGAnswer(text=t, sources=list(some)) for t, some in zip(texts, hits)]
 
     def stream_from_hits(self, question: str, hits: Sequence[Hit], max_new_tokens: int | None = None) -> Iterator[str]:
         """Like ``answer_from_hits`` but yields the answer's text piece by piece."""
