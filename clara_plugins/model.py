@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TextIteratorStreamer
+from transformers import (
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
 
 from clara_plugins.checkpoints import CheckpointParts, load_weights, read_checkpoint, save_pretrained
 from clara_plugins.chunking import Chunk, chunk_text
@@ -44,6 +51,16 @@ class ClaraAnswer:
     text: str
     indices: list[int]
     scores: list[float]
+
+
+class _StopWhenSet(StoppingCriteria):
+    """Ends a generation once ``event`` is set (the consumer of a stream went away)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class ClaraModel:
@@ -572,18 +589,26 @@ class ClaraModel:
         max_new_tokens: int | None = None,
         task: str = "answer",
     ) -> Iterator[str]:
-        """Yield the answer's text piece by piece as it is generated (greedy, same tokens as :meth:`generate`)."""
+        """Yield the answer's text piece by piece as it is generated (greedy, same tokens as :meth:`generate`).
+
+        Closing the iterator early (``break`` out of the loop, a client that disconnects) stops the generation at
+        its next token instead of running it to ``max_new_tokens``.
+        """
         questions = check_texts([question], "question")
         mems = self._check_memories(questions, [memories])
         inputs = self._generation_inputs(questions, mems, task)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        stop = threading.Event()
         errors: list[BaseException] = []
 
         def run() -> None:
             try:
                 with torch.inference_mode(), self.use_role("generator"):
                     self.base_lm.generate(
-                        **inputs, generation_config=self._generation_config(max_new_tokens), streamer=streamer
+                        **inputs,
+                        generation_config=self._generation_config(max_new_tokens),
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),
                     )
             except BaseException as err:  # re-raised in the consumer's thread
                 errors.append(err)
@@ -592,13 +617,16 @@ class ClaraModel:
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         first = True
-        for piece in streamer:
-            if first:
-                piece = piece.lstrip()
-                first = not piece
-            if piece:
-                yield piece
-        thread.join()
+        try:
+            for piece in streamer:
+                if first:
+                    piece = piece.lstrip()
+                    first = not piece
+                if piece:
+                    yield piece
+        finally:  # also when the consumer closes the generator early
+            stop.set()
+            thread.join()
         if errors:
             raise errors[0]
 

@@ -58,8 +58,15 @@ class ClaraBackend:
         return [a.text for a in self.rag.answer_many(questions, hits, max_new_tokens=max_new_tokens)]
 
     def stream(self, question: str, hits: Sequence[Hit], max_new_tokens: int, cancel: threading.Event) -> Iterator[str]:
-        """Our generator cannot stop mid-answer: after ``cancel`` it runs to ``max_new_tokens`` (or its end)."""
-        return self.rag.stream_from_hits(question, hits, max_new_tokens=max_new_tokens)
+        """Stops generating at the next token once ``cancel`` is set (closing the model's stream ends it)."""
+        pieces = self.rag.stream_from_hits(question, hits, max_new_tokens=max_new_tokens)
+        try:
+            for piece in pieces:
+                if cancel.is_set():
+                    return
+                yield piece
+        finally:
+            pieces.close()
 
     def count_tokens(self, text: str) -> int:
         return len(self.rag.model.tokenizer.encode(text, add_special_tokens=False))

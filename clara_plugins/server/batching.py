@@ -188,8 +188,8 @@ class Batcher:
     def _stream(self, job: StreamJob) -> None:
         """On the model thread: emit ``("hits", hits)``, ``("text", piece)``..., then ``("end", None)``.
 
-        Once ``job.cancel`` is set (client gone, stop sequence seen) the rest of the generation is drained without
-        being sent, so that the generator's own thread has finished before the next model call starts.
+        Once ``job.cancel`` is set (client gone, stop sequence seen) the backend stops generating at its next token
+        and nothing more is sent; its generation thread has finished before the next model call starts.
         """
         put = self.queue_putter(job)
         if job.cancel.is_set():

@@ -199,7 +199,7 @@ async def stream_events(
             raw.append(value)
             out, stopped = scanner.feed(value)
             if stopped:
-                job.cancel.set()  # the worker drains the rest without sending it
+                job.cancel.set()  # the generator stops at its next token
             if out:
                 yield completion.chunk({"content": out})
         elif kind == "error":

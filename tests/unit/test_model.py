@@ -135,3 +135,22 @@ def test_empty_inputs(tiny_model):
     assert tiny_model.compress([]).shape == (0, tiny_model.n_mem, tiny_model.hidden_size)
     assert tiny_model.compress([""]).shape == (1, tiny_model.n_mem, tiny_model.hidden_size)
     assert tiny_model.generate([], []) == []
+
+
+def test_closing_a_stream_early_stops_the_generation(fresh_tiny_model):
+    model = fresh_tiny_model
+    steps = []
+    hook = model.base_lm.register_forward_hook(lambda *_: steps.append(1))
+    try:
+        memories = model.compress(["Paris is the capital of France."])
+        full = "".join(model.stream("Where is Paris?", memories, max_new_tokens=40))
+        n_full = len(steps)
+        steps.clear()
+        pieces = model.stream("Where is Paris?", memories, max_new_tokens=40)
+        first = next(pieces)
+        pieces.close()
+    finally:
+        hook.remove()
+    assert full.startswith(first)
+    assert n_full > 10, "the random model should generate well past a few tokens"
+    assert len(steps) < n_full / 2, (len(steps), n_full)
