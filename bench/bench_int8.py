@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def tiny_setup(n: int) -> tuple[ClaraModel, list[str], list[str], list[str], lis
 
 def random_100m_setup(n_docs: int, n: int) -> tuple[ClaraModel, list[str], list[str], list[str], list[str]]:
     """A ~100M random Mistral-shaped CLaRa model (as bench_model.py builds it) on NQ oracle passages."""
-    from bench.bench_model import SHAPES, build
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_model import SHAPES, build
 
     rows = [json.loads(x) for x in (DATA / "nq_open_oracle" / "nq-open-oracle.jsonl").read_text().splitlines()[:n_docs]]
     texts = [r["ctxs"][0]["text"] for r in rows]
@@ -85,15 +87,17 @@ def generation(model: ClaraModel, questions: list[str], queries, fp16, int8, n_g
     questions = questions[:n_gen]
     mem_a = [fp16[t] for t in top]
     mem_b = [int8[t] for t in top]
-    kl, same = [], 0
+    kl = []
     for start in range(0, len(questions), 8):
         sl = slice(start, start + 8)
-        p, q = first_token_logprobs(model, questions[sl], mem_a[sl]), first_token_logprobs(model, questions[sl], mem_b[sl])
+        p = first_token_logprobs(model, questions[sl], mem_a[sl])
+        q = first_token_logprobs(model, questions[sl], mem_b[sl])
         kl += (p.exp() * (p - q)).sum(-1).tolist()
     ans_a = model.generate(questions, mem_a, max_new_tokens=16)
     ans_b = model.generate(questions, mem_b, max_new_tokens=16)
     same = sum(x == y for x, y in zip(ans_a, ans_b))
-    return {"kl_first_token": float(np.mean(kl)), "kl_max": float(np.max(kl)), "greedy_identical": f"{same}/{len(ans_a)}"}
+    identical = f"{same}/{len(ans_a)}"
+    return {"kl_first_token": float(np.mean(kl)), "kl_max": float(np.max(kl)), "greedy_identical": identical}
 
 
 def run(name: str, setup, n_gen: int) -> dict:
@@ -125,8 +129,10 @@ def main() -> None:
         setup = tiny_setup(args.n) if name == "tiny" else random_100m_setup(args.docs_100m, args.n)
         rows.append(run(name, setup, args.n_gen))
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| model | chunks | top-10 overlap | top-1 agree | Recall@10 fp16 / int8 | first-token KL mean / max "
-          "| greedy 16-token answers identical | bytes per chunk fp16 / int8 |")
+    print(
+        "\n| model | chunks | top-10 overlap | top-1 agree | Recall@10 fp16 / int8 | first-token KL mean / max "
+        "| greedy 16-token answers identical | bytes per chunk fp16 / int8 |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
