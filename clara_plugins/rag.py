@@ -177,7 +177,11 @@ class ClaraRAG:
         todo, stale = self._pending(docs, result)
         records = [rec for doc in todo for rec in self._chunk(doc)]
         result.chunk_s = time.perf_counter() - tick
-        bar = tqdm(total=len(records), desc="indexing", unit="chunk", disable=not show_progress)
+        bar = tqdm(total=len(records), desc="indexing", unit="chunk", disable=not show_progress or not records)
+        # memories of a changed document's unchanged chunks, looked up before its stale chunks are deleted
+        t0 = time.perf_counter()
+        kept = self.store.memories_by_hash([r.hash for r in records if r.doc_id in stale]) if stale else {}
+        result.store_s += time.perf_counter() - t0
         deleted: set[str] = set()
         for start in range(0, len(records), batch_size):
             batch = records[start : start + batch_size]
@@ -186,7 +190,7 @@ class ClaraRAG:
             if old:
                 self.store.delete(doc_ids=old)
                 deleted.update(old)
-            mems = self._memories_for_records(batch, result)
+            mems = self._memories_for_records(batch, result, kept)
             t1 = time.perf_counter()
             self.store.add(batch, mems)
             result.store_s += time.perf_counter() - t1
@@ -233,10 +237,14 @@ class ClaraRAG:
             for i, c in enumerate(pieces)
         ]
 
-    def _memories_for_records(self, batch: list[ChunkRecord], result: IndexResult) -> np.ndarray:
-        """Flattened memories of a batch: stored ones reused by content hash, the others compressed once."""
+    def _memories_for_records(
+        self, batch: list[ChunkRecord], result: IndexResult, kept: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """Flattened memories of a batch: ``kept`` or stored ones reused by content hash, the others compressed."""
         t0 = time.perf_counter()
-        known = self.store.memories_by_hash([r.hash for r in batch])
+        kept = kept or {}
+        known = {r.hash: kept[r.hash] for r in batch if r.hash in kept}
+        known.update(self.store.memories_by_hash([r.hash for r in batch if r.hash not in known]))
         result.store_s += time.perf_counter() - t0
         new = list(dict.fromkeys(r.hash for r in batch if r.hash not in known))
         if new:
