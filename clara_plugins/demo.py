@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.resources
 import json
 import math
-import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ import torch
 
 from clara_plugins.baselines import TextRAG
 from clara_plugins.store import Hit
+from clara_plugins.training.bm25 import bm25_tokenize
 
 TINY_NOTE = (
     "The bundled tiny model (3M parameters, trained on a CPU) ranks passages but cannot answer questions: "
@@ -68,30 +68,28 @@ def pick_sample(
 
 
 class BM25:
-    """Okapi BM25 (``k1=1.5``, ``b=0.75``, lower-cased word tokens) over a fixed list of texts: the lexical
-    baseline the demo ranks the gold passage with (no dependency; ``rank_bm25`` gives the same ranking)."""
+    """Okapi BM25 over a fixed list of texts, scoring exactly as ``rank_bm25.BM25Okapi`` on the tokens of
+    ``training.bm25`` (the lexical baseline of every retrieval table), so the demo needs no ``rank-bm25``."""
 
-    def __init__(self, texts: Sequence[str], k1: float = 1.5, b: float = 0.75) -> None:
-        self.docs = [Counter(_words(t)) for t in texts]
+    def __init__(self, texts: Sequence[str], k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25) -> None:
+        self.docs = [Counter(bm25_tokenize(t) or ["\x00"]) for t in texts]
         self.lengths = [sum(d.values()) for d in self.docs]
         self.avg = sum(self.lengths) / max(len(self.docs), 1)
-        df = Counter(w for d in self.docs for w in d)
         n = len(self.docs)
-        self.idf = {w: math.log((n - f + 0.5) / (f + 0.5) + 1.0) for w, f in df.items()}
+        df = Counter(w for d in self.docs for w in d)
+        idf = {w: math.log(n - f + 0.5) - math.log(f + 0.5) for w, f in df.items()}
+        floor = epsilon * sum(idf.values()) / max(len(idf), 1)  # rank_bm25's floor for words in most documents
+        self.idf = {w: v if v >= 0 else floor for w, v in idf.items()}
         self.k1, self.b = k1, b
 
     def scores(self, query: str) -> list[float]:
         """BM25 score of every text for ``query``."""
-        words = _words(query)
+        words = bm25_tokenize(query)
         out = []
         for doc, length in zip(self.docs, self.lengths):
             norm = self.k1 * (1 - self.b + self.b * length / self.avg)
-            out.append(sum(self.idf[w] * doc[w] * (self.k1 + 1) / (doc[w] + norm) for w in words if w in doc))
+            out.append(sum(self.idf.get(w, 0.0) * doc[w] * (self.k1 + 1) / (doc[w] + norm) for w in words))
         return out
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
 
 
 @dataclass
