@@ -1,0 +1,159 @@
+"""A store kept in step with a real folder: edit, delete, rename and sync, ``clara delete``, and ``--db`` options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+
+import numpy as np
+import pytest
+
+from clara_plugins.cli import main
+from clara_plugins.cli.store_options import TOKEN_ENV, _headers
+from clara_plugins.rag import ClaraRAG
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    tiny_model.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def folder(tmp_path, passages):
+    root = tmp_path / "docs"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("\n\n".join(passages[0:3]))  # several chunks of the test model (64 tokens)
+    (root / "b.txt").write_text(passages[3])
+    (root / "sub" / "c.md").write_text(passages[4])
+    rows = [{"id": f"r{i}", "text": p} for i, p in enumerate(passages[5:7])]
+    (root / "sub" / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return root
+
+
+def _json(capsys, *argv: str) -> dict:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+def _search(capsys, db: str, question: str) -> dict[str, tuple[float, str]]:
+    hits = _json(capsys, "search", "--db", db, "-k", "100", "--json", question)["hits"]
+    return {h["id"]: (h["score"], h["text"]) for h in hits}
+
+
+def test_folder_life_cycle(capsys, tmp_path, folder, model_dir, tiny_model):
+    db = str(tmp_path / "db")
+    first = _json(capsys, "index", "--db", db, "--model", model_dir, "--no-progress", "--json", str(folder))
+    assert first["docs_added"] == 5 and first["chunks_reused"] == 0
+    question = "Who is the editor-in-chief?"
+    before = _search(capsys, db, question)
+    a = folder / "a.txt"
+    old_chunks = [c.text for c in tiny_model.chunk(a.read_text())]
+
+    # edit: one sentence appended to a.txt recompresses only the chunks whose text changed
+    a.write_text(a.read_text() + " The magazine was sold in 2020.")
+    new_chunks = [c.text for c in tiny_model.chunk(a.read_text())]
+    unchanged = sum(c in old_chunks for c in new_chunks)
+    assert len(old_chunks) >= 3 and unchanged >= len(old_chunks) - 1
+    res = _json(capsys, "sync", "--db", db, "--no-progress", "--json", str(folder))
+    assert (res["added"], res["changed"], res["unchanged"], res["removed"]) == (0, 1, 4, 0)
+    assert res["chunks_reused"] == unchanged and res["chunks_compressed"] == len(new_chunks) - unchanged
+    after = _search(capsys, db, question)
+    for cid, (score, text) in after.items():  # every chunk whose text is untouched scores exactly as before
+        if cid in before and before[cid][1] == text:
+            assert score == pytest.approx(before[cid][0], abs=1e-6)
+    assert sum(1 for cid in after if cid in before and before[cid][1] == after[cid][1]) >= len(before) - 1
+
+    # delete a file: its document leaves the store and the search results
+    c_id = str((folder / "sub" / "c.md").resolve())
+    assert any(h.startswith(c_id + "#") for h in after)
+    (folder / "sub" / "c.md").unlink()
+    res = _json(capsys, "index", "--sync", "--db", db, "--no-progress", "--json", str(folder))
+    assert res["removed_ids"] == [c_id] and res["unchanged"] == 4
+    assert not any(h.startswith(c_id + "#") for h in _search(capsys, db, question))
+    assert _json(capsys, "info", "--db", db, "--json")["n_docs"] == 4
+
+    # rename: one removed, one added, every chunk reused (nothing compressed)
+    (folder / "b.txt").rename(folder / "b2.txt")
+    res = _json(capsys, "sync", "--db", db, "--no-progress", "--json", str(folder))
+    assert (res["added"], res["removed"], res["chunks_compressed"]) == (1, 1, 0) and res["chunks_reused"] >= 1
+    assert res["added_ids"] == [str((folder / "b2.txt").resolve())]
+    assert res["removed_ids"] == [str((folder / "b.txt").resolve())]
+    info = _json(capsys, "info", "--db", db, "--json")
+    assert info["n_docs"] == 4 and info["n_chunks"] == res["store_chunks"]
+
+
+def test_delete_by_id_and_source(capsys, tmp_path, folder, model_dir):
+    db = str(tmp_path / "db")
+    _json(capsys, "index", "--db", db, "--model", model_dir, "--no-progress", "--json", str(folder))
+    n_chunks = _json(capsys, "info", "--db", db, "--json")["n_chunks"]
+
+    # an unknown id is an error and deletes nothing, not even the known ids given with it
+    assert main(["delete", "--db", db, "r0", "nope"]) == 1
+    assert "nope" in capsys.readouterr().err
+    assert _json(capsys, "info", "--db", db, "--json")["n_chunks"] == n_chunks
+
+    res = _json(capsys, "delete", "--db", db, "--json", "--source", str(folder / "sub" / "d.jsonl"))
+    assert res["deleted"] == ["r0", "r1"] and res["store_chunks"] == n_chunks - res["chunks_deleted"]
+    a_id = str((folder / "a.txt").resolve())
+    res = _json(capsys, "delete", "--db", db, "--json", a_id)
+    assert res["deleted"] == [a_id]
+    info = _json(capsys, "info", "--db", db, "--json")
+    assert info["n_docs"] == 2 and info["n_chunks"] == res["store_chunks"]
+    assert main(["delete", "--db", db, "--source", str(folder / "sub" / "d.jsonl")]) == 1
+    assert "no stored document was read from it" in capsys.readouterr().err
+
+
+def test_index_reuses_unchanged_chunks(tiny_model, passages):
+    rag = ClaraRAG(tiny_model)
+    text = "\n\n".join(passages[10:13])
+    first = rag.index([{"id": "doc", "text": text}], show_progress=False, batch_size=2)  # chunks span batches
+    mems = rag.store.get_memories([f"doc#{i}" for i in range(first.chunks_added)])
+    again = rag.index([{"id": "doc", "text": text + " One more sentence."}], show_progress=False, batch_size=2)
+    assert again.chunks_reused == again.chunks_added - 1 == first.chunks_added - 1
+    kept = rag.store.get_memories([f"doc#{i}" for i in range(first.chunks_added - 1)])
+    np.testing.assert_allclose(kept, mems[:-1], atol=1e-6)  # Chroma's float32 round trip moves the last bit
+    assert rag.store.count() == again.chunks_added
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_db_url_and_server_options_are_checked(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    url = f"http://127.0.0.1:{_closed_port()}"
+    assert main(["info", "--db", url]) == 1
+    assert f"cannot use the Chroma server at {url}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no local folder named "http:"
+    for argv, message in (
+        (["info", "--db", "ftp://host:1"], "must be http://HOST[:PORT]"),
+        (["info", "--db", "http://127.0.0.1:1/prefix"], "paths, queries and user info are not supported"),
+        (["info", "--db", "local", "--tenant", "t"], "--tenant only apply to a Chroma server URL"),
+        (["info", "--db", url, "--header", "novalue"], "--header must be KEY=VALUE"),
+    ):
+        assert main(argv) == 1
+        assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_headers_and_token(monkeypatch):
+    args = argparse.Namespace(header=["X-Team=search", "X-Empty="], token_env=TOKEN_ENV)
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    assert _headers(args) == {"X-Team": "search", "X-Empty": ""}
+    monkeypatch.setenv(TOKEN_ENV, "s3cret")
+    assert _headers(args)["Authorization"] == "Bearer s3cret"
+    args.header.append("authorization=Basic abc")  # an explicit header wins over the variable
+    assert _headers(args)["authorization"] == "Basic abc" and "Authorization" not in _headers(args)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("clara 0.")
