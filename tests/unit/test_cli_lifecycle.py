@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import http.server
 import json
 import socket
+import threading
 
 import numpy as np
 import pytest
@@ -151,6 +153,31 @@ def test_headers_and_token(monkeypatch):
     assert _headers(args)["Authorization"] == "Bearer s3cret"
     args.header.append("authorization=Basic abc")  # an explicit header wins over the variable
     assert _headers(args)["authorization"] == "Basic abc" and "Authorization" not in _headers(args)
+
+
+def test_headers_reach_the_server(capsys, monkeypatch):
+    """A real HTTP server on 127.0.0.1 records what the CLI's HttpClient sends, then refuses it."""
+    seen: list[dict[str, str]] = []
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(dict(self.headers))
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MY_TOKEN", "tok-123")
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        code = main(["info", "--db", url, "--header", "X-Team=search", "--token-env", "MY_TOKEN"])
+    finally:
+        server.shutdown()
+    assert code == 1 and f"cannot use the Chroma server at {url}" in capsys.readouterr().err
+    assert seen and seen[0]["X-Team"] == "search" and seen[0]["Authorization"] == "Bearer tok-123"
 
 
 def test_version(capsys):
