@@ -43,6 +43,7 @@ def add_index_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--layout", choices=["auto", "full", "pca"], default="auto", help="layout of a new store")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--text-field", default="text", metavar="NAME", help="text field of .jsonl lines (default: text)")
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -54,7 +55,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         msg = f"--batch-size must be >= 1, got {args.batch_size}"
         raise InputError(msg)
-    records = read_corpus(args.paths)
+    records = read_corpus(args.paths, text_field=args.text_field)
     rag = _open_rag(args, create=True)
     res = sync(rag, records, args.paths, batch_size=args.batch_size, show_progress=not args.no_progress)
     idx = res.index

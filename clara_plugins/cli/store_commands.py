@@ -65,7 +65,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         msg = f"--batch-size must be >= 1, got {args.batch_size}"
         raise InputError(msg)
-    records = read_corpus(args.paths)
+    records = read_corpus(args.paths, text_field=args.text_field)
     if not records:
         msg = f"no documents found in {args.paths}"
         raise InputError(msg)

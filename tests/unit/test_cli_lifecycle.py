@@ -184,3 +184,17 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out.startswith("clara 0.")
+
+
+def test_jsonl_text_field(capsys, tmp_path, model_dir, passages):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps({"id": f"b{i}", "body": p}) for i, p in enumerate(passages[:3])) + "\n")
+    db = str(tmp_path / "db")
+    assert main(["index", "--db", db, "--model", model_dir, "--no-progress", str(data)]) == 1
+    assert "no string field 'text' (name the field with --text-field)" in capsys.readouterr().err
+    res = _json(
+        capsys, "index", "--db", db, "--model", model_dir, "--no-progress", "--json", "--text-field", "body", str(data)
+    )
+    assert res["docs_added"] == 3
+    hit = _json(capsys, "search", "--db", db, "-k", "1", "--json", passages[1][:80])["hits"][0]
+    assert hit["doc_id"] == "b1" and hit["text"] in passages[1]
