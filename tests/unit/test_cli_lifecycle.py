@@ -198,3 +198,28 @@ def test_jsonl_text_field(capsys, tmp_path, model_dir, passages):
     assert res["docs_added"] == 3
     hit = _json(capsys, "search", "--db", db, "-k", "1", "--json", passages[1][:80])["hits"][0]
     assert hit["doc_id"] == "b1" and hit["text"] in passages[1]
+
+
+def test_eval_json_is_a_flag_like_elsewhere(capsys, tmp_path, model_dir, passages):
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    docs = [p[:100] for p in passages[:6]]
+    (beir / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": f"d{i}", "text": d}) + "\n" for i, d in enumerate(docs))
+    )
+    (beir / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": d[:40]}) + "\n" for i, d in enumerate(docs))
+    )
+    (beir / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(6))
+    )
+    base = ["eval", "--model", model_dir, "--data", str(beir), "--no-generate"]
+    rows = json.loads(_run_out(capsys, *base, "--json"))
+    assert {r["method"] for r in rows} >= {"bm25", "clara"} and "recall@5" in rows[0]
+    out = _run_out(capsys, *base, "--output", str(tmp_path / "t.json"))
+    assert "| bm25 |" in out and json.loads((tmp_path / "t.json").read_text()) == rows
+
+
+def _run_out(capsys, *argv: str) -> str:
+    assert main(list(argv)) == 0
+    return capsys.readouterr().out
