@@ -7,7 +7,7 @@ import dataclasses
 import json
 from typing import Any
 
-from clara_plugins.cli.lifecycle_commands import add_index_args, cmd_sync
+from clara_plugins.cli.lifecycle_commands import add_index_args, cmd_sync, prepare_index
 from clara_plugins.cli.store_options import add_db_args, open_store
 from clara_plugins.errors import InputError, StoreError
 
@@ -62,9 +62,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.sync:
         return cmd_sync(args)
 
-    if args.batch_size < 1:
-        msg = f"--batch-size must be >= 1, got {args.batch_size}"
-        raise InputError(msg)
+    prepare_index(args)
     records = read_corpus(args.paths, text_field=args.text_field)
     if not records:
         msg = f"no documents found in {args.paths}"

@@ -9,10 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from clara_plugins.cli import main
 from clara_plugins.demo import BM25, demo_records, pick_sample
 from clara_plugins.training.bm25 import BM25Retriever
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """``clara demo`` sets torch's thread count (a process-wide setting): give the other tests theirs back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 def test_demo_corpus_is_real_passages():

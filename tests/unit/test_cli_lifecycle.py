@@ -139,6 +139,7 @@ def test_db_url_and_server_options_are_checked(capsys, tmp_path, monkeypatch):
         (["info", "--db", "http://127.0.0.1:1/prefix"], "paths, queries and user info are not supported"),
         (["info", "--db", "local", "--tenant", "t"], "--tenant only apply to a Chroma server URL"),
         (["info", "--db", url, "--header", "novalue"], "--header must be KEY=VALUE"),
+        (["index", "--db", "local", "--threads", "0", "x.txt"], "--threads must be >= 1"),
     ):
         assert main(argv) == 1
         assert message in capsys.readouterr().err
