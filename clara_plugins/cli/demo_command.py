@@ -124,7 +124,7 @@ def _print_question(i: int, q: Any, n_chunks: int, tiny: bool) -> None:
     )
     print(
         f"   prefill on this machine: CLaRa {1000 * p.clara_prefill_s:.1f} ms vs text {1000 * p.text_prefill_s:.1f} ms "
-        f"({p.text_prefill_s / p.clara_prefill_s:.1f}x, same base decoder)"
+        f"({p.text_prefill_s / p.clara_prefill_s:.1f}x; same base decoder, best of 3)"
     )
     label = "generated text (tiny model, NOT an answer)" if tiny else "generated text"
     print(f"   {label}: {q.generated_text!r}")
