@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from typing import Any
 
 from clara_plugins.cli.lifecycle_commands import add_index_args, cmd_sync, prepare_index
 from clara_plugins.cli.store_options import add_db_args, open_store
 from clara_plugins.errors import InputError, StoreError
+
+TINY_NOTE = (
+    "the bundled tiny model ranks passages but cannot answer: the text above is not an answer. For answers, index "
+    "with an official checkpoint on a GPU (--model apple/CLaRa-7B-E2E, see the README) or a model from `clara train`"
+)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +46,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     add_db_args(p, model=False)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
+
+
+def _existing_store(db: str, collection: str) -> Any:
+    """Open an existing local store without creating anything."""
+    args = argparse.Namespace(db=db, collection=collection, tenant=None, database=None, header=[], token_env=None)
+    return open_store(args, create=False)
 
 
 def _open_rag(args: argparse.Namespace, create: bool) -> Any:
@@ -93,16 +105,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
     """``clara ask``."""
     rag = _open_rag(args, create=False)
     answer = rag.ask(args.question, k=args.k, max_new_tokens=args.max_new_tokens)
+    note = TINY_NOTE if rag.model.source == "tiny" else None
     if args.json:
-        print(
-            json.dumps(
-                {"question": args.question, "answer": answer.text, "sources": [_hit_dict(h) for h in answer.sources]}
-            )
-        )
+        out = {"question": args.question, "answer": answer.text, "sources": [_hit_dict(h) for h in answer.sources]}
+        print(json.dumps({**out, "note": note} if note else out))
     else:
         print(answer.text)
         print("sources:")
         _print_hits(answer.sources)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     return 0
 
 

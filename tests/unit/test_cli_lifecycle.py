@@ -224,3 +224,15 @@ def test_eval_json_is_a_flag_like_elsewhere(capsys, tmp_path, model_dir, passage
 def _run_out(capsys, *argv: str) -> str:
     assert main(list(argv)) == 0
     return capsys.readouterr().out
+
+
+def test_ask_with_the_tiny_model_says_it_is_not_an_answer(capsys, tmp_path, passages):
+    (tmp_path / "p.txt").write_text(passages[0])
+    db = str(tmp_path / "db")
+    assert main(["index", "--db", db, "--model", "tiny", "--no-progress", str(tmp_path / "p.txt")]) == 0
+    capsys.readouterr()
+    assert main(["ask", "--db", db, "-k", "1", "--max-new-tokens", "3", "Who is the editor?"]) == 0
+    out = capsys.readouterr()
+    assert "sources:" in out.out and "not an answer" in out.err and "not an answer" not in out.out
+    answer = _json(capsys, "ask", "--db", db, "-k", "1", "--max-new-tokens", "3", "--json", "Who?")
+    assert "cannot answer" in answer["note"]
