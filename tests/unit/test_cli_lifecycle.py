@@ -236,3 +236,13 @@ def test_ask_with_the_tiny_model_says_it_is_not_an_answer(capsys, tmp_path, pass
     assert "sources:" in out.out and "not an answer" in out.err and "not an answer" not in out.out
     answer = _json(capsys, "ask", "--db", db, "-k", "1", "--max-new-tokens", "3", "--json", "Who?")
     assert "cannot answer" in answer["note"]
+
+
+def test_quiet_and_no_empty_progress_bar(capsys, tmp_path, folder, model_dir):
+    db = str(tmp_path / "db")
+    assert main(["index", "--db", db, "--model", model_dir, "--no-progress", str(folder)]) == 0
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "indexing" not in err
+    assert main(["index", "--db", db, str(folder)]) == 0  # progress on, but nothing to index: no empty bar
+    out = capsys.readouterr()
+    assert "skipped 5 already stored" in out.out and "indexing" not in out.err
