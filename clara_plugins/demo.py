@@ -169,6 +169,8 @@ def prompt_cost(model: Any, question: str, memories: torch.Tensor, texts: list[s
     def clara() -> None:
         with torch.inference_mode(), model.use_role("generator"):
             model.base_lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
+        if embeds.is_cuda:  # GPU kernels run asynchronously: wait for them, as .cpu() does for the text side
+            torch.cuda.synchronize(embeds.device)
 
     def text() -> None:
         text_rag.next_token_logits([question], [texts])

@@ -47,6 +47,9 @@ def _check(args: argparse.Namespace) -> None:
         if getattr(args, name) < 1:
             msg = f"--{name} must be >= 1, got {getattr(args, name)}"
             raise InputError(msg)
+    if args.db and "://" in args.db:
+        msg = f"clara demo --db takes a folder, got {args.db!r}; use `clara index --db URL` for a Chroma server"
+        raise InputError(msg)
     if args.threads < 0:
         msg = f"--threads must be >= 0, got {args.threads}"
         raise InputError(msg)
@@ -56,22 +59,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``clara demo``: index a sample of the demo corpus, then show retrieval, prompt sizes and prefill times."""
     import torch
 
-    from clara_plugins.demo import demo_records, pick_sample, run_demo
-    from clara_plugins.rag import ClaraRAG
-
     _check(args)
     if args.json or args.no_progress:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)  # a process-wide setting: give it back to a caller of main()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from clara_plugins.demo import demo_records, pick_sample, run_demo
+    from clara_plugins.rag import ClaraRAG
+
     rows, questions = demo_records()
     sample, asked = pick_sample(rows, questions, None if args.all else args.passages, args.questions)
     with tempfile.TemporaryDirectory(prefix="clara-demo-") as tmp:
         rag = ClaraRAG.from_pretrained(args.model, store=args.db or tmp, device=args.device)
         if not args.json:
-            print(f"Compressing {len(sample)} of {len(rows)} demo passages once into CLaRa memories (--all: every one)")
+            print(
+                f"Compressing {len(sample)} of {len(rows)} demo passages once into CLaRa memories (--all: every one)",
+                flush=True,
+            )
         show = not (args.json or args.no_progress)
         report = run_demo(rag, sample, asked, args.model, len(rows), show_progress=show)
     elapsed = time.perf_counter() - _STARTED

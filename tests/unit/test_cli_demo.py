@@ -73,9 +73,12 @@ def test_demo_json_compresses_once(capsys, tmp_path):
     assert [h["id"] for h in again["questions"][0]["hits"]] == [h["id"] for h in report["questions"][0]["hits"]]
 
 
-def test_demo_refuses_bad_sizes(capsys):
+def test_demo_refuses_bad_arguments(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert main(["demo", "--passages", "0"]) == 1
     assert "--passages must be >= 1" in capsys.readouterr().err
+    assert main(["demo", "--db", "http://127.0.0.1:8000"]) == 1
+    assert "clara demo --db takes a folder" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
 
 
 def _clara() -> list[str]:
