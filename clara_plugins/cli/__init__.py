@@ -16,8 +16,8 @@ from clara_plugins.errors import ClaraError
 _COMMAND_MODULES = [
     "clara_plugins.cli.convert",
     "clara_plugins.cli.demo_command",
-    "clara_plugins.cli.lifecycle_commands",
     "clara_plugins.cli.store_commands",
+    "clara_plugins.cli.lifecycle_commands",
     "clara_plugins.cli.train_commands",
 ]
 
