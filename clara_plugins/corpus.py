@@ -61,13 +61,13 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
             yield where, obj
 
 
-def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
+def _jsonl_records(path: Path, text_field: str = "text") -> Iterator[dict[str, Any]]:
     for where, row in read_jsonl(path):
-        if not isinstance(row.get("text"), str):
-            msg = f"{where} has no string field 'text'"
+        if not isinstance(row.get(text_field), str):
+            msg = f"{where} has no string field {text_field!r} (name the field with --text-field)"
             raise InputError(msg)
-        if not row["text"].strip():
-            msg = f"{where} has an empty 'text'"
+        if not row[text_field].strip():
+            msg = f"{where} has an empty {text_field!r}"
             raise InputError(msg)
         meta = dict(row.get("metadata") or {}) if isinstance(row.get("metadata"), dict) else {}
         if isinstance(row.get("title"), str) and row["title"]:
@@ -75,17 +75,18 @@ def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
         meta["source"] = str(path)
         doc_id = row.get("id", row.get("_id"))
         yield {
-            "text": row["text"],
+            "text": row[text_field],
             "id": str(doc_id) if doc_id is not None else where,
             "metadata": meta,
         }
 
 
-def read_corpus(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+def read_corpus(paths: Sequence[str | Path], text_field: str = "text") -> list[dict[str, Any]]:
     """Records ``{"text", "id", "metadata"}`` for ``ClaraRAG.index``.
 
     A ``.txt``/``.md`` file is one document whose id is its resolved path; a ``.jsonl`` line is one document whose
-    id is its ``id``/``_id`` field, else ``path:line``. Every record gets ``metadata["source"]`` (the file).
+    id is its ``id``/``_id`` field, else ``path:line``; its text is the ``text_field`` field. Every record gets
+    ``metadata["source"]`` (the file).
 
     Raises:
         InputError: a missing path, an unsupported file, a bad JSONL line, an empty or undecodable file.
@@ -94,7 +95,7 @@ def read_corpus(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     for path in iter_files(paths):
         path = path.resolve()
         if path.suffix.lower() == ".jsonl":
-            records.extend(_jsonl_records(path))
+            records.extend(_jsonl_records(path, text_field))
             continue
         try:
             text = path.read_text(encoding="utf-8")

@@ -101,6 +101,14 @@ def _normalize_docs(items: Any, ids: Sequence[str] | None, metadatas: Sequence[A
     return list(docs.values())
 
 
+def _doc_spans(records: list[ChunkRecord]) -> dict[str, tuple[int, int]]:
+    """Document id -> ``(first, last + 1)``: where its chunks are in ``records`` (a document's chunks are adjacent)."""
+    spans: dict[str, tuple[int, int]] = {}
+    for i, r in enumerate(records):
+        spans[r.doc_id] = (spans.get(r.doc_id, (i, i))[0], i + 1)
+    return spans
+
+
 class ClaraRAG:
     """Index, search, rerank and answer with one CLaRa model over one store.
 
@@ -177,16 +185,22 @@ class ClaraRAG:
         todo, stale = self._pending(docs, result)
         records = [rec for doc in todo for rec in self._chunk(doc)]
         result.chunk_s = time.perf_counter() - tick
-        bar = tqdm(total=len(records), desc="indexing", unit="chunk", disable=not show_progress)
+        bar = tqdm(total=len(records), desc="indexing", unit="chunk", disable=not show_progress or not records)
+        spans = _doc_spans(records)
+        kept: dict[str, dict[str, np.ndarray]] = {}  # replaced document -> its old memories by hash, while needed
         deleted: set[str] = set()
         for start in range(0, len(records), batch_size):
             batch = records[start : start + batch_size]
             t0 = time.perf_counter()
-            old = [r.doc_id for r in batch if r.doc_id in stale and r.doc_id not in deleted]
-            if old:
+            old = list(dict.fromkeys(r.doc_id for r in batch if r.doc_id in stale and r.doc_id not in deleted))
+            if old:  # unchanged chunks keep their memories: look them up before deleting the stale chunks
+                kept.update(self._old_memories(old, records, spans))
                 self.store.delete(doc_ids=old)
                 deleted.update(old)
-            mems = self._memories_for_records(batch, result)
+            reuse = {h: m for d in {r.doc_id for r in batch} for h, m in kept.get(d, {}).items()}
+            for d in [d for d in kept if spans[d][1] <= start + batch_size]:
+                del kept[d]
+            mems = self._memories_for_records(batch, result, reuse)
             t1 = time.perf_counter()
             self.store.add(batch, mems)
             result.store_s += time.perf_counter() - t1
@@ -214,6 +228,14 @@ class ClaraRAG:
         result.store_s += time.perf_counter() - t0
         return todo, stale
 
+    def _old_memories(
+        self, doc_ids: list[str], records: list[ChunkRecord], spans: dict[str, tuple[int, int]]
+    ) -> dict[str, dict[str, np.ndarray]]:
+        """Per document about to be replaced: stored memories of its new chunks' texts, by content hash."""
+        wanted = {d: [records[i].hash for i in range(*spans[d])] for d in doc_ids}
+        found = self.store.memories_by_hash([h for hashes in wanted.values() for h in hashes])
+        return {d: {h: found[h] for h in hashes if h in found} for d, hashes in wanted.items()}
+
     def _chunk(self, doc: _Doc) -> list[ChunkRecord]:
         pieces = self.model.chunk(doc.text)
         dh = text_hash(doc.text)
@@ -233,10 +255,14 @@ class ClaraRAG:
             for i, c in enumerate(pieces)
         ]
 
-    def _memories_for_records(self, batch: list[ChunkRecord], result: IndexResult) -> np.ndarray:
-        """Flattened memories of a batch: stored ones reused by content hash, the others compressed once."""
+    def _memories_for_records(
+        self, batch: list[ChunkRecord], result: IndexResult, kept: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """Flattened memories of a batch: ``kept`` or stored ones reused by content hash, the others compressed."""
         t0 = time.perf_counter()
-        known = self.store.memories_by_hash([r.hash for r in batch])
+        kept = kept or {}
+        known = {r.hash: kept[r.hash] for r in batch if r.hash in kept}
+        known.update(self.store.memories_by_hash([r.hash for r in batch if r.hash not in known]))
         result.store_s += time.perf_counter() - t0
         new = list(dict.fromkeys(r.hash for r in batch if r.hash not in known))
         if new:

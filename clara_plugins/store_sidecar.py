@@ -12,7 +12,6 @@ records point at them: the process died after Chroma's commit) or cut off (it di
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import filelock
 import numpy as np
 
 from clara_plugins.errors import StoreError
@@ -117,7 +117,7 @@ class SidecarMemories:
     # ---- writing -----------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:
-        """An exclusive lock across processes (``fcntl.flock``) for one append + Chroma write + commit.
+        """An exclusive lock across processes (``filelock``) for one append + Chroma write + commit.
 
         Re-entrant within a thread: a second ``flock`` on a new handle of the same file would wait for the first.
         """
@@ -129,14 +129,12 @@ class SidecarMemories:
                 finally:
                     self._write_depth -= 1
                 return
-            with open(self.folder / "write.lock", "a+") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
+            with filelock.FileLock(self.folder / "write.lock"):  # flock on POSIX, msvcrt on Windows
                 self._write_depth = 1
                 try:
                     yield
                 finally:
                     self._write_depth = 0
-                    fcntl.flock(handle, fcntl.LOCK_UN)
 
     def append(self, rows: np.ndarray) -> int:
         """Write ``rows [N, dim]`` after the committed rows (call inside ``write_lock``); returns the first row index.

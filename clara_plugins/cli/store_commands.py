@@ -1,36 +1,32 @@
-"""``clara demo``, ``clara index``, ``clara ask``, ``clara search`` and ``clara info``: the store from the shell."""
+"""``clara index``, ``clara ask``, ``clara search`` and ``clara info``: the store from the shell."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.resources
 import json
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
+from clara_plugins.cli.lifecycle_commands import add_index_args, cmd_sync, prepare_index
+from clara_plugins.cli.store_options import add_db_args, open_store
 from clara_plugins.errors import InputError, StoreError
 
-DEMO_QUESTIONS = 3
+TINY_NOTE = (
+    "the bundled tiny model ranks passages but cannot answer: the text above is not an answer. For answers, index "
+    "with an official checkpoint on a GPU (--model apple/CLaRa-7B-E2E, see the README) or a model from `clara train`"
+)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register the store subcommands on the ``clara`` parser."""
-    p = subparsers.add_parser("demo", help="index the bundled demo corpus with the tiny model and answer questions")
-    p.add_argument("--db", help="store folder (default: a temporary folder)")
-    p.add_argument("--model", default="tiny", help="model to use (default: the bundled tiny model)")
-    p.add_argument("--limit", type=int, default=None, help="index only the first N passages")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_demo)
-
     p = subparsers.add_parser("index", help="chunk, compress and store .txt/.md/.jsonl files or folders")
-    _db_args(p)
+    add_db_args(p)
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursively)")
-    p.add_argument("--batch-size", type=int, default=64, help="chunks compressed per step")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--layout", choices=["auto", "full", "pca"], default="auto", help="layout of a new store")
+    add_index_args(p)
+    p.add_argument(
+        "--sync", action="store_true", help="also delete stored documents read from PATHs that are gone (= clara sync)"
+    )
     p.set_defaults(func=cmd_index)
 
     for name, help_text, func in (
@@ -38,7 +34,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         ("search", "the chunks closest to a question", cmd_search),
     ):
         p = subparsers.add_parser(name, help=help_text)
-        _db_args(p)
+        add_db_args(p)
         p.add_argument("question")
         p.add_argument("-k", type=int, default=None, help="chunks to use (default: the model's generation_top_k)")
         p.add_argument("--json", action="store_true", help="print JSON")
@@ -47,41 +43,21 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         p.set_defaults(func=func)
 
     p = subparsers.add_parser("info", help="documents, chunks and model of a store")
-    p.add_argument("--db", required=True, help="store folder")
-    p.add_argument("--collection", default="clara")
+    add_db_args(p, model=False)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
 
 
-def _db_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", required=True, help="store folder")
-    p.add_argument("--model", default=None, help="model (default: the one recorded in the store; 'tiny' for new)")
-    p.add_argument("--collection", default="clara")
-    p.add_argument("--device", default=None)
-
-
 def _existing_store(db: str, collection: str) -> Any:
-    """Open an existing store without creating anything."""
-    from clara_plugins.store import ClaraStore
-
-    if not (Path(db) / "chroma.sqlite3").is_file():
-        msg = f"no CLaRa store in {db!r}; build one first with `clara index --db {db} PATH...`"
-        raise StoreError(msg)
-    store = ClaraStore(path=db, collection=collection)
-    if not store.exists():
-        msg = f"no collection {collection!r} in {db!r}; build it first with `clara index --db {db} PATH...`"
-        raise StoreError(msg)
-    return store
+    """Open an existing local store without creating anything."""
+    args = argparse.Namespace(db=db, collection=collection, tenant=None, database=None, header=[], token_env=None)
+    return open_store(args, create=False)
 
 
 def _open_rag(args: argparse.Namespace, create: bool) -> Any:
     from clara_plugins.rag import ClaraRAG
-    from clara_plugins.store import ClaraStore
 
-    if create:
-        store = ClaraStore(path=args.db, collection=args.collection, layout=getattr(args, "layout", "auto"))
-    else:
-        store = _existing_store(args.db, args.collection)
+    store = open_store(args, create)
     model = args.model
     if model is None and store.exists():
         model = store.meta.get("clara_model") or None
@@ -95,15 +71,19 @@ def cmd_index(args: argparse.Namespace) -> int:
     """``clara index``: read the paths first (bad input fails before anything is written), then index."""
     from clara_plugins.corpus import read_corpus
 
-    if args.batch_size < 1:
-        msg = f"--batch-size must be >= 1, got {args.batch_size}"
-        raise InputError(msg)
-    records = read_corpus(args.paths)
+    if args.sync:
+        return cmd_sync(args)
+
+    prepare_index(args)
+    records = read_corpus(args.paths, text_field=args.text_field)
     if not records:
         msg = f"no documents found in {args.paths}"
         raise InputError(msg)
     rag = _open_rag(args, create=True)
     res = rag.index(records, batch_size=args.batch_size, show_progress=not args.no_progress)
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(res), "store_chunks": rag.store.count()}))
+        return 0
     print(
         f"indexed {res.docs_added} documents ({res.chunks_added} chunks, {res.chunks_reused} reused), "
         f"skipped {res.docs_skipped} already stored; store now has {rag.store.count()} chunks"
@@ -125,16 +105,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
     """``clara ask``."""
     rag = _open_rag(args, create=False)
     answer = rag.ask(args.question, k=args.k, max_new_tokens=args.max_new_tokens)
+    note = TINY_NOTE if rag.model.source == "tiny" else None
     if args.json:
-        print(
-            json.dumps(
-                {"question": args.question, "answer": answer.text, "sources": [_hit_dict(h) for h in answer.sources]}
-            )
-        )
+        out = {"question": args.question, "answer": answer.text, "sources": [_hit_dict(h) for h in answer.sources]}
+        print(json.dumps({**out, "note": note} if note else out))
     else:
         print(answer.text)
         print("sources:")
         _print_hits(answer.sources)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     return 0
 
 
@@ -151,7 +131,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """``clara info``."""
-    info = _existing_store(args.db, args.collection).info()
+    info = open_store(args, create=False).info()
     if args.json:
         print(json.dumps(dataclasses.asdict(info)))
         return 0
@@ -163,61 +143,4 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"hnsw        {info.hnsw}")
     if info.disk_bytes is not None:
         print(f"disk        {info.disk_bytes / 2**20:.1f} MiB")
-    return 0
-
-
-def demo_records() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The bundled demo corpus ``{"id", "text", "title"?}`` and its questions ``{"question", "answer", "doc_id"}``.
-
-    Questions come from ``demo_questions.jsonl`` (held-out questions first) when it is bundled, else from the
-    ``question``/``answer`` fields of the corpus rows.
-    """
-    assets = importlib.resources.files("clara_plugins.assets")
-    rows = [
-        json.loads(line) for line in (assets / "demo_corpus.jsonl").read_text(encoding="utf-8").splitlines() if line
-    ]
-    qfile = assets / "demo_questions.jsonl"
-    if qfile.is_file():
-        qs = [json.loads(line) for line in qfile.read_text(encoding="utf-8").splitlines() if line]
-        qs.sort(key=lambda q: q.get("split") != "heldout_question")
-        questions = [{"question": q["question"], "answer": q["answers"][0], "doc_id": q["doc_id"]} for q in qs]
-    else:
-        questions = [
-            {"question": r["question"], "answer": r["answer"], "doc_id": r["id"]} for r in rows if "question" in r
-        ]
-    return rows, questions
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """``clara demo``: index the demo corpus, answer a few of its questions, print answers with sources."""
-    from clara_plugins.rag import ClaraRAG
-
-    if args.limit is not None and args.limit < 1:
-        msg = f"--limit must be >= 1, got {args.limit}"
-        raise InputError(msg)
-    rows, questions = demo_records()
-    rows = rows[: args.limit] if args.limit else rows
-    kept = {r["id"] for r in rows}
-    asked = [q for q in questions if q["doc_id"] in kept][:DEMO_QUESTIONS]
-    with tempfile.TemporaryDirectory(prefix="clara-demo-") as tmp:
-        rag = ClaraRAG.from_pretrained(args.model, store=args.db or tmp)
-        meta = [{"title": r["title"]} if r.get("title") else {"source": "demo"} for r in rows]
-        res = rag.index(
-            [{"id": r["id"], "text": r["text"], "metadata": m} for r, m in zip(rows, meta)], show_progress=not args.json
-        )
-        results = []
-        for q in asked:
-            ans = rag.ask(q["question"])
-            results.append({**q, "answer_generated": ans.text, "sources": [_hit_dict(h) for h in ans.sources]})
-        if args.json:
-            print(json.dumps({"db": args.db, "indexed_chunks": rag.store.count(), "results": results}))
-            return 0
-        where = args.db or "a temporary store"
-        print(f"indexed {len(rows)} passages ({res.chunks_added} new chunks) into {where} with model {args.model!r}")
-        for r in results:
-            print(f"\nQ: {r['question']}\nA: {r['answer_generated']}   (reference: {r['answer']})")
-            for rank, h in enumerate(r["sources"], 1):
-                gold = " <- the passage the question was written from" if h["doc_id"] == r["doc_id"] else ""
-                print(f"  [{rank}] {h['score']:.3f} {h['doc_id']}: {' '.join(h['text'].split())[:90]}{gold}")
-        sys.stdout.flush()
     return 0

@@ -70,7 +70,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--no-generate", action="store_true", help="skip answer generation (retrieval metrics only)")
     e.add_argument("--max-new-tokens", type=int, default=32)
     e.add_argument("--device", help="cpu, cuda, mps (default: best available)")
-    e.add_argument("--json", dest="json_out", help="also write the table rows to this JSON file")
+    e.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        dest="json_out",
+        metavar="PATH",
+        help="print the rows as JSON instead of the table (old form --json PATH: also write them to PATH)",
+    )
+    e.add_argument("--output", dest="json_out", metavar="PATH", help="also write the table rows to this JSON file")
     e.set_defaults(func=run_eval)
 
 
@@ -93,6 +101,9 @@ def run_eval(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         progress=sys.stderr.isatty(),
     )
+    if args.json_out == "-":
+        print(json.dumps(table))
+        return 0
     print(format_table(table))
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as handle:

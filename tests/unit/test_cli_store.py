@@ -7,7 +7,6 @@ import json
 import pytest
 
 from clara_plugins.cli import main
-from clara_plugins.cli.store_commands import demo_records
 from clara_plugins.corpus import read_corpus
 from clara_plugins.errors import InputError
 
@@ -98,21 +97,3 @@ def test_index_bad_input_keeps_store(capsys, tmp_path, corpus, model_dir):
     assert code == 1 and "bad.jsonl:1" in err
     code, out, _ = _run(capsys, "info", "--db", db, "--json")
     assert json.loads(out)["n_docs"] == 1
-
-
-def test_demo_corpus_is_real_passages():
-    rows, questions = demo_records()
-    ids = {r["id"] for r in rows}
-    assert len(rows) >= 24 and len(ids) == len(rows)
-    assert all(len(r["text"]) >= 50 for r in rows)
-    assert len(questions) >= 3 and all(q["question"].strip() and q["answer"] and q["doc_id"] in ids for q in questions)
-
-
-def test_demo_runs_end_to_end(capsys, tmp_path, model_dir):
-    argv = ["demo", "--model", model_dir, "--db", str(tmp_path / "demo"), "--limit", "12", "--json"]
-    code, out, _ = _run(capsys, *argv)
-    result = json.loads(out)
-    assert code == 0 and result["indexed_chunks"] > 0 and len(result["results"]) == 3
-    assert all(r["sources"] and isinstance(r["answer_generated"], str) for r in result["results"])
-    code, out, _ = _run(capsys, "demo", "--model", model_dir, "--db", str(tmp_path / "demo"), "--limit", "12")
-    assert code == 0 and "Q: " in out and "A: " in out and "[1]" in out

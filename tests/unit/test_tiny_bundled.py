@@ -132,9 +132,9 @@ def test_clara_demo_answers_held_out_questions_with_sources(capsys, corpus, ques
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     ids = {p["id"] for p in corpus[:100]}
     held = {q["question"] for q in questions if q["split"] == "heldout_question"}
-    assert report["indexed_chunks"] >= 100
-    assert len(report["results"]) == 3
-    for result in report["results"]:
-        assert result["question"] in held and result["doc_id"] in ids
-        assert isinstance(result["answer_generated"], str)
-        assert len(result["sources"]) == 5 and {s["doc_id"] for s in result["sources"]} <= ids
+    assert report["chunks"] >= 100
+    assert len(report["questions"]) == 3
+    for result in report["questions"]:
+        assert result["question"] in held and result["gold_doc_id"] in ids
+        assert isinstance(result["generated_text"], str) and not result["generated_text_is_answer"]
+        assert len(result["hits"]) == 5 and {s["doc_id"] for s in result["hits"]} <= ids
