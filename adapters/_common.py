@@ -100,17 +100,11 @@ def rerank(
 ) -> list[tuple[int, float]]:
     """CLaRa's ranking of framework documents ``(text, metadata)``: ``(index, score)`` of the best ``top_n``.
 
-    Stored chunks reuse their memories, other texts are looked up by content or compressed; a document split into
-    several chunks scores as its best chunk.
+    A thin conversion over ``ClaraRAG.rank_candidates`` (the one rerank rule): stored chunks reuse their memories,
+    other texts are looked up by content or compressed, a document longer than one chunk scores as its best chunk.
     """
-    pieces = references(rag.model, items)
-    hits = rag.rerank(question, [p for _, p in pieces], k=len(pieces))
-    best: dict[int, float] = {}
-    for j, hit in map_back([p for _, p in pieces], hits):
-        i = pieces[j][0]
-        best[i] = max(best.get(i, float("-inf")), float(hit.score))
-    order = sorted(best, key=lambda i: -best[i])
-    return [(i, best[i]) for i in order[:top_n]]
+    refs = [to_reference(text, metadata) for text, metadata in items]
+    return [(i, hit.score) for i, hit in rag.rank_candidates(question, refs)[:top_n]]
 
 
 def map_back(refs: Sequence[Any], hits: Sequence[Any]) -> list[tuple[int, Any]]:

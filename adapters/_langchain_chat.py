@@ -32,6 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by te
     raise MissingExtraError("langchain-core", "langchain") from exc
 
 from clara_plugins.adapters._common import StopFilter, check_positive, check_rag, references
+from clara_plugins.adapters._stuffed import SUPPORTED_WAY, check_question, is_instruction, parse, split_context
 
 logger = logging.getLogger(__name__)
 
@@ -132,25 +133,34 @@ class ClaraChatModel(BaseChatModel):
         max_tokens = kwargs.get("max_tokens", self.max_tokens)
         if max_tokens is not None:
             check_positive("max_tokens", max_tokens)
-        question = _question(messages)
-        refs = self._context(messages, question, kwargs.get("k"))
+        question, refs = self._inputs(messages, kwargs.get("k"))
         return _Call(question, refs, max_tokens, list(stop or self.stop or []))
 
-    def _context(self, messages: Sequence[BaseMessage], question: str, k: int | None) -> list[Any]:
-        items: list[tuple[str, dict | None]] = []
+    def _inputs(self, messages: Sequence[BaseMessage], k: int | None) -> tuple[str, list[Any]]:
+        """The question and the documents (``Hit``s) of a call, by the rules of the module docstring."""
+        question = _question(messages)
+        items, asked, understood = [], None, False
         for message in messages:
             packed = message.additional_kwargs.get(CONTEXT_KEY)
+            stuffed = parse(message.text) if packed is None and message.text.strip() else None
             if packed is not None:
                 items.extend(_unpack(packed))
-            elif isinstance(message, SystemMessage) and message.text.strip():
-                items.append((message.text, None))
-        if items:
-            return [hit for _, hit in references(self.rag.model, items)]
+            elif stuffed is not None:  # a known RAG template: its context slot and (if any) its question slot
+                items.extend(split_context(self.rag, stuffed.context))
+                asked = stuffed.question or asked
+                if message.text == question and stuffed.question is None:
+                    msg = f"the last human message fills a template that has no question slot. Instead, {SUPPORTED_WAY}"
+                    raise InputError(msg)
+            elif isinstance(message, SystemMessage) and message.text.strip() and not is_instruction(message.text):
+                items.extend(split_context(self.rag, message.text))  # plain-text context
+            understood = understood or packed is not None or stuffed is not None
+        if items or understood:  # an empty context from a template is an error in the core, not a new search
+            return asked or question, [hit for _, hit in references(self.rag.model, items)]
         if not self.retrieve:
             msg = "the messages carry no context (no clara_context, no system message) and retrieve=False"
             raise InputError(msg)
         k = k if k is not None else self.k or self.rag.default_k
-        return list(self.rag.search(question, k=check_positive("k", k)))
+        return question, list(self.rag.search(check_question(self.rag, question), k=check_positive("k", k)))
 
     # ---- generation -------------------------------------------------------------------------------------------
 

@@ -1,0 +1,219 @@
+"""Understanding "stuffed" prompts: the frameworks' standard RAG templates, with the context pasted in as text.
+
+A CLaRa generator reads memories, not text, so a prompt that pastes the retrieved documents into a template has
+to be taken apart again: which part is the question, and which stored chunks the context consists of.
+
+1. Templates. A message (or a LlamaIndex prompt string) that fills one of the known templates (``TEMPLATES``:
+   LangChain hub ``rlm/rag-prompt``, the system prompt of LangChain's RAG tutorial for ``create_retrieval_chain``,
+   LlamaIndex's text QA prompts and the context prompt of ``CondensePlusContextChatEngine``; more with
+   :func:`add_prompt_template`) gives its ``{context}`` slot and, when the template has one, its ``{question}``
+   slot. The question slot is the question exactly, never truncated.
+2. Context. Both frameworks join the documents with a blank line (LlamaIndex puts a ``key: value`` metadata header
+   before each node's text). :func:`split_context` cuts the context at blank lines and finds the runs of pieces
+   that are exactly a stored chunk's text (content hash, one store lookup): those reuse the stored chunk (its id,
+   memory and provenance). Every remaining piece is a document of its own, compressed on the fly.
+
+Framework-free: the LangChain chat model and the LlamaIndex LLM both call it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from clara_plugins.adapters._common import ID_KEY
+from clara_plugins.errors import InputError
+
+SUPPORTED_WAY = (
+    "pass the documents themselves: LangChain `ClaraContextPacker() | chat` (or `context_message(question, docs)`), "
+    "LlamaIndex `rag.as_llama_index_query_engine()` / `ClaraSynthesizer` / `llm.complete(question, nodes=nodes)`; "
+    "or register your template with clara_plugins.adapters.add_prompt_template (see docs/integrations.md)"
+)
+
+# The frameworks' standard RAG templates, with their placeholders renamed to {context} and {question}.
+TEMPLATES: list[str] = [
+    # LangChain hub "rlm/rag-prompt" (one human message)
+    "You are an assistant for question-answering tasks. Use the following pieces of retrieved context to answer "
+    "the question. If you don't know the answer, just say that you don't know. Use three sentences maximum and keep "
+    "the answer concise.\nQuestion: {question} \nContext: {context} \nAnswer:",
+    # LangChain RAG tutorial, system prompt of create_stuff_documents_chain / create_retrieval_chain
+    "You are an assistant for question-answering tasks. Use the following pieces of retrieved context to answer "
+    "the question. If you don't know the answer, say that you don't know. Use three sentences maximum and keep the "
+    "answer concise.\n\n{context}",
+    # LlamaIndex DEFAULT_TEXT_QA_PROMPT_TMPL (also the user message of CHAT_TEXT_QA_PROMPT)
+    "Context information is below.\n---------------------\n{context}\n---------------------\nGiven the context "
+    "information and not prior knowledge, answer the query.\nQuery: {question}\nAnswer: ",
+    # LlamaIndex CondensePlusContextChatEngine DEFAULT_CONTEXT_PROMPT_TEMPLATE (system message)
+    "\n  The following is a friendly conversation between a user and an AI assistant.\n  The assistant is talkative "
+    "and provides lots of specific details from its context.\n  If the assistant does not know the answer to a "
+    "question, it truthfully says it\n  does not know.\n\n  Here are the relevant documents for the context:\n\n"
+    "  {context}\n\n  Instruction: Based on the above documents, provide a detailed answer for the user question "
+    'below.\n  Answer "don\'t know" if not present in the document.\n  ',
+]
+
+# LlamaIndex's instruction-only system prompt sent with CHAT_TEXT_QA_PROMPT: no documents, nothing to read
+INSTRUCTIONS: list[str] = [
+    "You are an expert Q&A system that is trusted around the world.\nAlways answer the query using the provided "
+    "context information, and not prior knowledge.\nSome rules to follow:\n1. Never directly reference the given "
+    "context in your answer.\n2. Avoid statements like 'Based on the context, ...' or 'The context information "
+    "...' or anything along those lines.",
+]
+
+_MAX_RUN = 16  # blank-line pieces one stored chunk may span
+_HEADER_LINE = re.compile(r"[^\s:][^:\n]{0,80}: [^\n]*")  # LlamaIndex's "{key}: {value}" metadata line
+
+
+@dataclass
+class Stuffed:
+    """A prompt taken apart: the context text and the question (None when the template has no question slot)."""
+
+    context: str
+    question: str | None
+
+
+def add_prompt_template(template: str) -> None:
+    """Teach the generators one more stuffed-prompt template (checked before the built-in ones).
+
+    Args:
+        template: the template text with ``{context}`` once and optionally ``{question}`` once (LlamaIndex's
+            ``{context_str}`` / ``{query_str}`` are accepted too). Without ``{question}``, the question is the last
+            human / user message.
+    """
+    text = template.replace("{context_str}", "{context}").replace("{query_str}", "{question}")
+    if text.count("{context}") != 1 or text.count("{question}") > 1:
+        msg = f"template must hold {{context}} once and {{question}} at most once, got {template!r:.120}"
+        raise InputError(msg)
+    TEMPLATES.insert(0, text)
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    """A regex for a filled template: literal words with any whitespace between them, placeholders as groups."""
+    out = []
+    for part in re.split(r"(\{context\}|\{question\})", template):
+        if part == "{context}":
+            out.append(r"(?P<context>.*)")
+        elif part == "{question}":
+            out.append(r"(?P<question>.*?)")
+        elif part.split():
+            out.append(r"\s*" + r"\s+".join(re.escape(word) for word in part.split()) + r"\s*")
+    return re.compile("".join(out), re.DOTALL)
+
+
+_cache: dict[tuple[str, ...], list[re.Pattern[str]]] = {}
+
+
+def _patterns() -> list[re.Pattern[str]]:
+    key = tuple(TEMPLATES)
+    if key not in _cache:
+        _cache.clear()
+        _cache[key] = [_pattern(t) for t in TEMPLATES]
+    return _cache[key]
+
+
+def parse(text: str) -> Stuffed | None:
+    """The context and question of ``text`` if it fills a known template, else None."""
+    for pattern in _patterns():
+        found = pattern.fullmatch(text.strip())
+        if found:
+            question = found.groupdict().get("question")
+            return Stuffed(found["context"].strip(), question.strip() if question is not None else None)
+    return None
+
+
+def is_instruction(text: str) -> bool:
+    """True for a framework's instruction-only system prompt (it carries no documents)."""
+    return " ".join(text.split()) in {" ".join(t.split()) for t in INSTRUCTIONS}
+
+
+def split_context(rag: Any, context: str, headers: bool = False) -> list[tuple[str, dict | None]]:
+    """The documents of a pasted context, as ``(text, metadata)`` for ``references``.
+
+    Runs of blank-line separated pieces that are exactly a stored chunk (optionally after a ``key: value`` header
+    when ``headers``) come back with that chunk's id (``clara_id``): its stored memory is read. The other pieces
+    are documents of their own (compressed on the fly); with ``headers``, a header piece followed by a loose piece
+    is that piece's metadata and is dropped.
+    """
+    pieces = [p for p in re.split(r"\n\s*\n", context) if p.strip()]
+    spans = _candidate_spans(pieces, headers)
+    hashes = {key: _hash(text) for key, text in spans.items()}
+    stored = rag.store.records_by_hash(list(set(hashes.values()))) if spans else {}
+    found = {key: stored[h] for key, h in hashes.items() if h in stored}
+    items: list[tuple[str, dict | None]] = []
+    steps = _cover(len(pieces), found)
+    for n, (key, i) in enumerate(steps):
+        if key is not None:
+            items.append((found[key].text, {ID_KEY: found[key].id}))
+        elif not (headers and _is_header(pieces[i]) and n + 1 < len(steps) and steps[n + 1][0] is None):
+            items.append((pieces[i].strip(), None))
+    return items
+
+
+def _hash(text: str) -> str:
+    from clara_plugins.rag import text_hash
+
+    return text_hash(text)
+
+
+def _is_header(piece: str) -> bool:
+    return all(_HEADER_LINE.fullmatch(line.strip()) for line in piece.strip().splitlines())
+
+
+def _candidate_spans(pieces: Sequence[str], headers: bool) -> dict[tuple[int, int, int], str]:
+    """Texts that could be one stored chunk: ``(first piece, end, header pieces skipped) -> text``."""
+    spans = {}
+    for i in range(len(pieces)):
+        skip = 1 if headers and _is_header(pieces[i]) else 0
+        for j in range(i + 1, min(len(pieces), i + _MAX_RUN) + 1):
+            for s in {0, skip}:
+                if i + s < j:
+                    spans[(i, j, s)] = "\n\n".join(pieces[i + s : j]).strip()
+    return spans
+
+
+def _cover(n: int, found: dict[tuple[int, int, int], Any]) -> list[tuple[tuple[int, int, int] | None, int]]:
+    """Segment pieces ``0..n`` into stored chunks and loose pieces, leaving as few pieces loose as possible.
+
+    Returns the steps in order: ``(span key in found, first piece)`` for a stored chunk, ``(None, i)`` for a loose
+    piece ``i``.
+    """
+    best: list[tuple[int, int]] = [(0, 0)] * (n + 1)  # (loose pieces, segments) covering pieces [0, j)
+    step: list[tuple[tuple[int, int, int] | None, int]] = [(None, 0)] * (n + 1)
+    by_end: dict[int, list[tuple[int, int, int]]] = {}
+    for key in found:
+        by_end.setdefault(key[1], []).append(key)
+    for j in range(1, n + 1):
+        best[j], step[j] = (best[j - 1][0] + 1, best[j - 1][1] + 1), (None, j - 1)
+        for key in by_end.get(j, []):
+            cost = (best[key[0]][0], best[key[0]][1] + 1)
+            if cost < best[j]:
+                best[j], step[j] = cost, (key, key[0])
+    out, j = [], n
+    while j > 0:
+        out.append(step[j])
+        j = step[j][1]
+    return out[::-1]
+
+
+def check_question(rag: Any, question: str) -> str:
+    """Refuse a "question" that is really a prompt with pasted context, instead of truncating or searching with it.
+
+    Raises:
+        InputError: the text is longer than the query reasoner reads (``doc_max_length`` tokens), or some of its
+            blank-line / line pieces are stored chunks (context pasted into a template the generators do not know).
+    """
+    model = rag.model
+    n_tokens = len(model.tokenizer(question, add_special_tokens=False)["input_ids"])
+    limit = int(model.config.doc_max_length)
+    if n_tokens > limit:
+        msg = (
+            f"the question has {n_tokens} tokens, more than the query reasoner reads ({limit}); it looks like a "
+            f"prompt with the context pasted in, in a template CLaRa does not know. Instead, {SUPPORTED_WAY}"
+        )
+        raise InputError(msg)
+    pieces = {p.strip() for p in re.split(r"\n", question) if p.strip()}
+    if len(pieces) > 1 and rag.store.records_by_hash([_hash(p) for p in pieces]):
+        msg = f"the question pastes stored chunks into a template CLaRa does not know. Instead, {SUPPORTED_WAY}"
+        raise InputError(msg)
+    return question
