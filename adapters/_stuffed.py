@@ -61,6 +61,17 @@ INSTRUCTIONS: list[str] = [
     "...' or anything along those lines.",
 ]
 
+# Templates recognised in order to refuse them with the way out: what CLaRa's generator cannot do.
+REFUSED: list[tuple[str, str]] = [
+    (  # LlamaIndex CondensePlusContextChatEngine DEFAULT_CONDENSE_PROMPT_TEMPLATE (chat history + follow-up)
+        "Given the following conversation between a user and an AI assistant and a follow up question from user, "
+        "rephrase the follow up question to be a standalone question. Chat History: {context} Follow Up Input: "
+        "{question} Standalone question:",
+        "ClaraLLM cannot rewrite a follow-up question (the condense step of CondensePlusContextChatEngine / "
+        "index.as_chat_engine): pass skip_condense=True, or use rag.as_llama_index_chat_engine()",
+    ),
+]
+
 _MAX_RUN = 16  # blank-line pieces one stored chunk may span
 _HEADER_LINE = re.compile(r"[^\s:][^:\n]{0,80}: [^\n]*")  # LlamaIndex's "{key}: {value}" metadata line
 
@@ -203,6 +214,9 @@ def check_question(rag: Any, question: str) -> str:
         InputError: the text is longer than the query reasoner reads (``doc_max_length`` tokens), or some of its
             blank-line / line pieces are stored chunks (context pasted into a template the generators do not know).
     """
+    for template, reason in REFUSED:
+        if _pattern(template).fullmatch(question.strip()):
+            raise InputError(reason)
     model = rag.model
     n_tokens = len(model.tokenizer(question, add_special_tokens=False)["input_ids"])
     limit = int(model.config.doc_max_length)

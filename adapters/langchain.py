@@ -48,6 +48,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by te
 
 from clara_plugins.adapters._common import RELEVANCE_KEY, check_positive, check_rag, hit_metadata, rerank
 from clara_plugins.adapters._langchain_chat import CONTEXT_KEY, ClaraChatModel
+from clara_plugins.adapters._langchain_vectorstore import ClaraVectorStore
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ __all__ = [
     "ClaraContextPacker",
     "ClaraDocumentCompressor",
     "ClaraRetriever",
+    "ClaraVectorStore",
     "context_message",
 ]
 

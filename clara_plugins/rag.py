@@ -461,3 +461,11 @@ class ClaraRAG:
     def as_llama_index_query_engine(self, **kwargs: Any) -> Any:
         """A LlamaIndex query engine that retrieves and answers with CLaRa."""
         return self._bridge("llama_index", "make_query_engine", **kwargs)
+
+    def as_llama_index_chat_engine(self, **kwargs: Any) -> Any:
+        """A LlamaIndex chat engine (condense-plus-context style) whose generator reads the retrieved memories."""
+        return self._bridge("llama_index", "make_chat_engine", **kwargs)
+
+    def as_langchain_vectorstore(self, **kwargs: Any) -> Any:
+        """A LangChain ``VectorStore`` over this store (``ClaraVectorStore``)."""
+        return self._bridge("langchain", "ClaraVectorStore", **kwargs)
