@@ -24,11 +24,10 @@ try:
     from llama_index.core.base.base_retriever import BaseRetriever
     from llama_index.core.bridge.pydantic import PrivateAttr
     from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
-    from llama_index.core.postprocessor.types import BaseNodePostprocessor
     from llama_index.core.chat_engine import CondensePlusContextChatEngine
     from llama_index.core.memory import Memory
+    from llama_index.core.postprocessor.types import BaseNodePostprocessor
     from llama_index.core.query_engine import RetrieverQueryEngine
-    from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilters
     from llama_index.core.schema import (
         BaseNode,
         MetadataMode,
@@ -38,6 +37,7 @@ try:
         RelatedNodeInfo,
         TextNode,
     )
+    from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilters
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by test_import_hygiene
     raise MissingExtraError("llama-index-core", "llama-index") from exc
 
