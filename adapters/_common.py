@@ -74,17 +74,18 @@ def to_reference(text: str, metadata: Mapping[str, Any] | None = None) -> Any:
     )
 
 
-def references(model: Any, items: Sequence[tuple[str, Mapping[str, Any] | None]]) -> list[tuple[int, Any]]:
+def references(rag: Any, items: Sequence[tuple[str, Mapping[str, Any] | None]]) -> list[tuple[int, Any]]:
     """``Hit``s for framework documents given as ``(text, metadata)``: ``(index of the document, hit)`` pairs.
 
     A stored chunk (metadata with ``clara_id``) or a text within ``doc_max_length`` tokens gives one hit. A longer
     text (a whole page from another retriever) gives one hit per chunk, cut as indexing would cut it, with the
-    chunk's offsets: the compressor cannot take it whole.
+    chunk's offsets: the compressor cannot take it whole. A hit whose text is a stored chunk's text becomes that
+    chunk (store id, provenance), so the sources a generator reports name store ids whenever there is one.
     """
     pieces = []
     for i, (text, metadata) in enumerate(items):
         ref = to_reference(text, metadata)
-        chunks = [] if isinstance((metadata or {}).get(ID_KEY), str) else model.chunk(text)
+        chunks = [] if isinstance((metadata or {}).get(ID_KEY), str) else rag.model.chunk(text)
         if len(chunks) <= 1:
             pieces.append((i, ref))
             continue
@@ -92,7 +93,15 @@ def references(model: Any, items: Sequence[tuple[str, Mapping[str, Any] | None]]
             piece = to_reference(c.text, {**ref.metadata, "doc_id": ref.doc_id, "start": ref.start + c.start})
             piece.end = ref.start + c.end
             pieces.append((i, piece))
-    return pieces
+    return _resolve_stored(rag, pieces)
+
+
+def _resolve_stored(rag: Any, pieces: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    from clara_plugins.rag import text_hash
+
+    loose = [text_hash(hit.text) for _, hit in pieces if hit.id == text_hash(hit.text)]  # no store id yet
+    stored = rag.store.records_by_hash(loose) if loose else {}
+    return [(i, stored.get(hit.id, hit)) for i, hit in pieces]
 
 
 def rerank(

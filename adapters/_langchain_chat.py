@@ -155,7 +155,7 @@ class ClaraChatModel(BaseChatModel):
                 items.extend(split_context(self.rag, message.text))  # plain-text context
             understood = understood or packed is not None or stuffed is not None
         if items or understood:  # an empty context from a template is an error in the core, not a new search
-            return asked or question, [hit for _, hit in references(self.rag.model, items)]
+            return asked or question, [hit for _, hit in references(self.rag, items)]
         if not self.retrieve:
             msg = "the messages carry no context (no clara_context, no system message) and retrieve=False"
             raise InputError(msg)

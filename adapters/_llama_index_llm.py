@@ -107,7 +107,7 @@ class ClaraLLM(CustomLLM):
             msg = "the prompt (the question) is empty"
             raise InputError(msg)
         if nodes is not None:
-            return [hit for _, hit in references(self._rag.model, [_item(n) for n in nodes])]
+            return [hit for _, hit in references(self._rag, [_item(n) for n in nodes])]
         k = self.k or self._rag.default_k
         return list(self._rag.search(check_question(self._rag, question), k=k))
 
