@@ -23,4 +23,6 @@ if not __name__.startswith("clara_plugins."):
     )
     raise ImportError(msg)
 
-__all__: list[str] = []
+from clara_plugins.adapters._stuffed import PromptError, add_prompt_template  # framework-free
+
+__all__ = ["PromptError", "add_prompt_template"]

@@ -32,7 +32,14 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by te
     raise MissingExtraError("langchain-core", "langchain") from exc
 
 from clara_plugins.adapters._common import StopFilter, check_positive, check_rag, references
-from clara_plugins.adapters._stuffed import SUPPORTED_WAY, check_question, is_instruction, parse, split_context
+from clara_plugins.adapters._stuffed import (
+    SUPPORTED_WAY,
+    PromptError,
+    check_question,
+    is_instruction,
+    parse,
+    split_context,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +157,7 @@ class ClaraChatModel(BaseChatModel):
                 asked = stuffed.question or asked
                 if message.text == question and stuffed.question is None:
                     msg = f"the last human message fills a template that has no question slot. Instead, {SUPPORTED_WAY}"
-                    raise InputError(msg)
+                    raise PromptError(msg)
             elif isinstance(message, SystemMessage) and message.text.strip() and not is_instruction(message.text):
                 items.extend(split_context(self.rag, message.text))  # plain-text context
             understood = understood or packed is not None or stuffed is not None

@@ -40,7 +40,14 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by te
     raise MissingExtraError("llama-index-core", "llama-index") from exc
 
 from clara_plugins.adapters._common import aiter_in_thread, check_positive, check_rag, references
-from clara_plugins.adapters._stuffed import SUPPORTED_WAY, check_question, is_instruction, parse, split_context
+from clara_plugins.adapters._stuffed import (
+    SUPPORTED_WAY,
+    PromptError,
+    check_question,
+    is_instruction,
+    parse,
+    split_context,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +125,7 @@ class ClaraLLM(CustomLLM):
             return prompt, nodes
         if stuffed.question is None:
             msg = f"the prompt fills a template that has no question slot. Instead, {SUPPORTED_WAY}"
-            raise InputError(msg)
+            raise PromptError(msg)
         return stuffed.question, split_context(self._rag, stuffed.context, headers=True)
 
     def _answer(self, prompt: str, nodes: Sequence[Any] | None) -> CompletionResponse:
@@ -210,7 +217,7 @@ class ClaraLLM(CustomLLM):
                 "refine an answer over several prompts. Use response_mode='compact' (the default) with ClaraLLM's "
                 f"default context_window, or {SUPPORTED_WAY}"
             )
-            raise InputError(msg)
+            raise PromptError(msg)
         if "context_str" not in args or "query_str" not in args:
             return None
         return str(args["query_str"]), split_context(self._rag, str(args["context_str"]), headers=True)

@@ -24,7 +24,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from clara_plugins.adapters._common import ID_KEY
-from clara_plugins.errors import InputError
+from clara_plugins.errors import ClaraError, InputError
+
+
+class PromptError(ClaraError):
+    """A prompt the CLaRa generator cannot read as a question plus documents; the message names the supported way.
+
+    Deliberately not a ``ValueError``: LlamaIndex's refine step catches ``ValueError`` and would carry on with a
+    partial answer.
+    """
+
 
 SUPPORTED_WAY = (
     "pass the documents themselves: LangChain `ClaraContextPacker() | chat` (or `context_message(question, docs)`), "
@@ -211,12 +220,12 @@ def check_question(rag: Any, question: str) -> str:
     """Refuse a "question" that is really a prompt with pasted context, instead of truncating or searching with it.
 
     Raises:
-        InputError: the text is longer than the query reasoner reads (``doc_max_length`` tokens), or some of its
+        PromptError: the text is longer than the query reasoner reads (``doc_max_length`` tokens), or some of its
             blank-line / line pieces are stored chunks (context pasted into a template the generators do not know).
     """
     for template, reason in REFUSED:
         if _pattern(template).fullmatch(question.strip()):
-            raise InputError(reason)
+            raise PromptError(reason)
     model = rag.model
     n_tokens = len(model.tokenizer(question, add_special_tokens=False)["input_ids"])
     limit = int(model.config.doc_max_length)
@@ -225,9 +234,9 @@ def check_question(rag: Any, question: str) -> str:
             f"the question has {n_tokens} tokens, more than the query reasoner reads ({limit}); it looks like a "
             f"prompt with the context pasted in, in a template CLaRa does not know. Instead, {SUPPORTED_WAY}"
         )
-        raise InputError(msg)
+        raise PromptError(msg)
     pieces = {p.strip() for p in re.split(r"\n", question) if p.strip()}
     if len(pieces) > 1 and rag.store.records_by_hash([_hash(p) for p in pieces]):
         msg = f"the question pastes stored chunks into a template CLaRa does not know. Instead, {SUPPORTED_WAY}"
-        raise InputError(msg)
+        raise PromptError(msg)
     return question

@@ -15,6 +15,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnablePassthrough
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
+from clara_plugins.adapters import PromptError
 from clara_plugins.adapters._stuffed import TEMPLATES
 from clara_plugins.adapters.langchain import ClaraContextPacker
 from clara_plugins.errors import InputError
@@ -150,9 +151,9 @@ def test_unknown_template_with_pasted_chunks_is_refused_without_a_search(rag, re
     monkeypatch.setattr(rag, "search", lambda *a, **k: searched.append(a) or [])
     chat = rag.as_langchain_chat_model(max_tokens=MAX_NEW)
     prompt = ChatPromptTemplate.from_messages([("human", "Docs:\n{context}\nQ: {question}")])
-    with pytest.raises(InputError, match="ClaraContextPacker"):
+    with pytest.raises(PromptError, match="ClaraContextPacker"):
         (prompt | chat).invoke({"context": "\n".join(CORPUS[:2]), "question": QUESTION})
-    with pytest.raises(InputError, match="more than the query reasoner reads"):
+    with pytest.raises(PromptError, match="more than the query reasoner reads"):
         chat.invoke("Please answer. " * 40 + QUESTION)
     assert searched == [] and read == []
 
