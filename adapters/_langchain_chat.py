@@ -1,15 +1,20 @@
 """``ClaraChatModel``: CLaRa's generator as a LangChain chat model (re-exported by ``adapters.langchain``).
 
-The generator reads compressed memories, never document text. Where the memories come from, per call:
+The generator reads compressed memories, never document text. What it reads, per call, in this order:
 
 1. documents packed into a message (``additional_kwargs["clara_context"]``, see ``ClaraContextPacker``): a document
    naming a chunk of the store (``id`` / ``metadata["clara_id"]``) reuses its stored memory; any other document is
    looked up by content or compressed on the fly;
-2. else the text of the ``SystemMessage``s, taken as plain-text context: chunked and compressed on the fly;
-3. else, with ``retrieve=True`` (the default), the ``k`` best chunks of the store for the question.
+2. a message filling a known RAG template (LangChain hub ``rlm/rag-prompt``, the RAG tutorial's system prompt for
+   ``create_retrieval_chain``, see ``_stuffed``): its context slot is split back into the stored chunks it pastes
+   (found by content hash; other pieces compressed on the fly), and its question slot, if any, is the question;
+3. the text of other ``SystemMessage``s, taken as plain-text context (split the same way);
+4. else, with ``retrieve=True`` (the default), the ``k`` best chunks of the store for the question, provided the
+   question is one the query reasoner reads whole (at most ``doc_max_length`` tokens, no pasted stored chunks):
+   anything else raises ``PromptError`` naming the supported way, never a search with template text.
 
-The question is the text of the last ``HumanMessage``. Earlier turns of a conversation are not shown to the
-generator: a CLaRa prompt holds one question.
+The question is the template's question slot, else the text of the last ``HumanMessage``. Earlier turns of a
+conversation are not shown to the generator: a CLaRa prompt holds one question.
 """
 
 from __future__ import annotations

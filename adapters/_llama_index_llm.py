@@ -1,9 +1,18 @@
 """``ClaraLLM`` and ``ClaraSynthesizer`` (re-exported by ``clara_plugins.adapters.llama_index``).
 
-``ClaraLLM`` is CLaRa's generator behind LlamaIndex's LLM interface. Its prompt is the question; the documents
-reach it as ``nodes=`` (nodes, ``NodeWithScore`` or strings), never pasted into the prompt. Without ``nodes`` it
-retrieves ``k`` chunks from the store. ``chat`` takes the last user message as the question and the system
-messages as plain-text context (compressed on the fly).
+``ClaraLLM`` is CLaRa's generator behind LlamaIndex's LLM interface. What it reads, per call:
+
+- ``nodes=`` (nodes, ``NodeWithScore``, strings): exactly those (stored memories for stored chunks);
+- a QA prompt template (``predict`` / ``stream`` / ``apredict`` / ``astream`` with ``{context_str}`` and
+  ``{query_str}``, as every LlamaIndex response synthesizer and chat engine sends, custom templates included): the
+  question is ``query_str`` and the documents are the chunks of ``context_str`` (split at blank lines, stored chunks
+  found by content hash, ``key: value`` metadata headers dropped, other pieces compressed on the fly);
+- a prompt string filling a known template (LlamaIndex's text QA prompt, see ``_stuffed``): the same, parsed;
+- ``chat``: the last user message is the question, system messages are context (a known template's context slot,
+  else the whole text; LlamaIndex's instruction-only QA system prompt is skipped);
+- otherwise the prompt is the question and ``k`` chunks are retrieved from the store, unless the prompt is longer
+  than the query reasoner reads or pastes stored chunks (``PromptError``). Refine prompts (several calls per
+  answer) and the condense prompt of chat engines raise ``PromptError`` too.
 
 ``ClaraSynthesizer`` is the response synthesizer that passes the retrieved nodes themselves to ``ClaraLLM``
 (LlamaIndex's built-in synthesizers pass only their text).
