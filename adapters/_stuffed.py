@@ -81,7 +81,7 @@ REFUSED: list[tuple[str, str]] = [
     ),
 ]
 
-_MAX_RUN = 16  # blank-line pieces one stored chunk may span
+_MAX_RUN = 8  # blank-line pieces one stored chunk may span
 _HEADER_LINE = re.compile(r"[^\s:][^:\n]{0,80}: [^\n]*")  # LlamaIndex's "{key}: {value}" metadata line
 
 
@@ -155,11 +155,14 @@ def split_context(rag: Any, context: str, headers: bool = False) -> list[tuple[s
     are documents of their own (compressed on the fly); with ``headers``, a header piece followed by a loose piece
     is that piece's metadata and is dropped.
     """
-    pieces = [p for p in re.split(r"\n\s*\n", context) if p.strip()]
+    pieces = [p for p in re.split(r"\n[ \t]*\n", context) if p.strip()]
     spans = _candidate_spans(pieces, headers)
-    hashes = {key: _hash(text) for key, text in spans.items()}
-    stored = rag.store.records_by_hash(list(set(hashes.values()))) if spans else {}
-    found = {key: stored[h] for key, h in hashes.items() if h in stored}
+    by_hash: dict[str, list[tuple[int, int, int]]] = {}
+    for key, text in spans.items():
+        for variant in _variants(text):
+            by_hash.setdefault(_hash(variant), []).append(key)
+    stored = rag.store.records_by_hash(list(by_hash)) if by_hash else {}
+    found = {key: stored[h] for h in stored for key in by_hash[h]}
     items: list[tuple[str, dict | None]] = []
     steps = _cover(len(pieces), found)
     for n, (key, i) in enumerate(steps):
@@ -168,6 +171,12 @@ def split_context(rag: Any, context: str, headers: bool = False) -> list[tuple[s
         elif not (headers and _is_header(pieces[i]) and n + 1 < len(steps) and steps[n + 1][0] is None):
             items.append((pieces[i].strip(), None))
     return items
+
+
+def _variants(text: str) -> set[str]:
+    """The texts a pasted chunk may have had: templates and LlamaIndex's repacking strip the whitespace at its ends."""
+    core = text.strip()
+    return {v for v in (text, core, core + " ", " " + core, core + "\n", "\n" + core) if v.strip()}
 
 
 def _hash(text: str) -> str:
@@ -188,7 +197,7 @@ def _candidate_spans(pieces: Sequence[str], headers: bool) -> dict[tuple[int, in
         for j in range(i + 1, min(len(pieces), i + _MAX_RUN) + 1):
             for s in {0, skip}:
                 if i + s < j:
-                    spans[(i, j, s)] = "\n\n".join(pieces[i + s : j]).strip()
+                    spans[(i, j, s)] = "\n\n".join(pieces[i + s : j])
     return spans
 
 

@@ -48,6 +48,13 @@ def test_split_context_finds_stored_chunks_and_keeps_the_rest(rag):
     ]
 
 
+def test_split_context_finds_chunks_whose_edge_whitespace_was_stripped(rag):
+    chunks = rag.store.records_by_doc([f"d{len(CORPUS) - 1}"])  # the long text: its chunks end with a space
+    assert any(c.text != c.text.strip() for c in chunks)
+    repacked = "\n\n".join(c.text.strip() for c in chunks)  # as LlamaIndex's compact mode repacks node texts
+    assert [(m or {}).get("clara_id") for _, m in split_context(rag, repacked)] == [c.id for c in chunks]
+
+
 def test_llm_complete_with_the_text_qa_prompt_string(rag, read):  # noqa: F811
     hits = rag.search(QUESTION, k=3)
     prompt = DEFAULT_TEXT_QA_PROMPT.format(context_str="\n\n".join(h.text for h in hits), query_str=QUESTION)
