@@ -42,24 +42,42 @@ SUPPORTED_WAY = (
 )
 
 # The frameworks' standard RAG templates, with their placeholders renamed to {context} and {question}.
-TEMPLATES: list[str] = [
-    # LangChain hub "rlm/rag-prompt" (one human message)
+RAG_PROMPT_HUB = (  # LangChain hub "rlm/rag-prompt" (one human message)
     "You are an assistant for question-answering tasks. Use the following pieces of retrieved context to answer "
     "the question. If you don't know the answer, just say that you don't know. Use three sentences maximum and keep "
-    "the answer concise.\nQuestion: {question} \nContext: {context} \nAnswer:",
-    # LangChain RAG tutorial, system prompt of create_stuff_documents_chain / create_retrieval_chain
+    "the answer concise.\nQuestion: {question} \nContext: {context} \nAnswer:"
+)
+RAG_TUTORIAL_SYSTEM = (  # LangChain RAG tutorial: system prompt for create_retrieval_chain
     "You are an assistant for question-answering tasks. Use the following pieces of retrieved context to answer "
     "the question. If you don't know the answer, say that you don't know. Use three sentences maximum and keep the "
-    "answer concise.\n\n{context}",
-    # LlamaIndex DEFAULT_TEXT_QA_PROMPT_TMPL (also the user message of CHAT_TEXT_QA_PROMPT)
+    "answer concise.\n\n{context}"
+)
+RETRIEVAL_QA = (  # langchain_classic RetrievalQA / load_qa_chain "stuff" prompt (completion models)
+    "Use the following pieces of context to answer the question at the end. If you don't know the answer, just say "
+    "that you don't know, don't try to make up an answer.\n\n{context}\n\nQuestion: {question}\nHelpful Answer:"
+)
+RETRIEVAL_QA_CHAT_SYSTEM = (  # the same chains' system prompt for chat models (the question is the human message)
+    "Use the following pieces of context to answer the user's question.\nIf you don't know the answer, just say "
+    "that you don't know, don't try to make up an answer.\n----------------\n{context}"
+)
+LLAMA_TEXT_QA = (  # LlamaIndex DEFAULT_TEXT_QA_PROMPT_TMPL (also the user message of CHAT_TEXT_QA_PROMPT)
     "Context information is below.\n---------------------\n{context}\n---------------------\nGiven the context "
-    "information and not prior knowledge, answer the query.\nQuery: {question}\nAnswer: ",
-    # LlamaIndex CondensePlusContextChatEngine DEFAULT_CONTEXT_PROMPT_TEMPLATE (system message)
+    "information and not prior knowledge, answer the query.\nQuery: {question}\nAnswer: "
+)
+LLAMA_CHAT_CONTEXT = (  # LlamaIndex CondensePlusContextChatEngine DEFAULT_CONTEXT_PROMPT_TEMPLATE (system message)
     "\n  The following is a friendly conversation between a user and an AI assistant.\n  The assistant is talkative "
     "and provides lots of specific details from its context.\n  If the assistant does not know the answer to a "
     "question, it truthfully says it\n  does not know.\n\n  Here are the relevant documents for the context:\n\n"
     "  {context}\n\n  Instruction: Based on the above documents, provide a detailed answer for the user question "
-    'below.\n  Answer "don\'t know" if not present in the document.\n  ',
+    'below.\n  Answer "don\'t know" if not present in the document.\n  '
+)
+TEMPLATES: list[str] = [
+    RAG_PROMPT_HUB,
+    RAG_TUTORIAL_SYSTEM,
+    RETRIEVAL_QA,
+    RETRIEVAL_QA_CHAT_SYSTEM,
+    LLAMA_TEXT_QA,
+    LLAMA_CHAT_CONTEXT,
 ]
 
 # LlamaIndex's instruction-only system prompt sent with CHAT_TEXT_QA_PROMPT: no documents, nothing to read

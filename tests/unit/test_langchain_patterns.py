@@ -16,7 +16,7 @@ from langchain_core.runnables import RunnablePassthrough
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from clara_plugins.adapters import PromptError
-from clara_plugins.adapters._stuffed import TEMPLATES
+from clara_plugins.adapters._stuffed import RAG_PROMPT_HUB, RAG_TUTORIAL_SYSTEM
 from clara_plugins.adapters.langchain import ClaraContextPacker
 from clara_plugins.errors import InputError
 from clara_plugins.retrieval import mmr_order
@@ -24,8 +24,8 @@ from tests.unit.test_langchain import CORPUS, QUESTION, BM25Retriever, build_rag
 
 MAX_NEW = 4
 # LangChain hub "rlm/rag-prompt" (one human message) and the system prompt of LangChain's RAG tutorial
-RAG_PROMPT = ChatPromptTemplate.from_messages([("human", TEMPLATES[-4])])
-TUTORIAL_SYSTEM = TEMPLATES[-3]
+RAG_PROMPT = ChatPromptTemplate.from_messages([("human", RAG_PROMPT_HUB)])
+TUTORIAL_SYSTEM = RAG_TUTORIAL_SYSTEM
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,18 @@ async def test_create_retrieval_chain_async_and_streaming(rag, read):
     expected = [d.id for d in result["context"]]
     assert [d.id for d in context] == expected
     assert [(q, ids) for q, ids, _ in read] == [(QUESTION, expected)] * 2
+
+
+def test_retrieval_qa_stuff_chain_reads_exactly_the_source_documents(rag, read):
+    from langchain_classic.chains import RetrievalQA
+
+    qa = RetrievalQA.from_chain_type(
+        llm=rag.as_langchain_chat_model(max_tokens=MAX_NEW),
+        retriever=rag.as_langchain_retriever(k=3),
+        return_source_documents=True,
+    )
+    result = qa.invoke({"query": QUESTION})
+    assert [(q, ids) for q, ids, _ in read] == [(QUESTION, [d.id for d in result["source_documents"]])]
 
 
 # ---- ContextualCompressionRetriever over BM25, then the packer ---------------------------------------------------

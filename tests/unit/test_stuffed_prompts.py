@@ -7,7 +7,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from llama_index.core.prompts.default_prompts import DEFAULT_TEXT_QA_PROMPT
 
 from clara_plugins.adapters import PromptError, add_prompt_template
-from clara_plugins.adapters._stuffed import TEMPLATES, parse, split_context
+from clara_plugins.adapters._stuffed import RAG_TUTORIAL_SYSTEM, TEMPLATES, parse, split_context
 from clara_plugins.adapters.llama_index import ClaraLLM
 from tests.unit.test_langchain import CORPUS, QUESTION, build_rag
 from tests.unit.test_langchain_patterns import read  # noqa: F401  (the generator spy fixture)
@@ -81,7 +81,7 @@ def test_custom_template_once_registered(rag, read):  # noqa: F811
 
 def test_template_without_question_slot_in_the_question_message_is_refused(rag, read):  # noqa: F811
     chat = rag.as_langchain_chat_model(max_tokens=3)
-    system_style = TEMPLATES[-3].format(context=CORPUS[0])
+    system_style = RAG_TUTORIAL_SYSTEM.format(context=CORPUS[0])
     with pytest.raises(PromptError, match="no question slot"):
         chat.invoke([HumanMessage(system_style)])
     chat.invoke([SystemMessage(system_style), HumanMessage(QUESTION)])  # where it belongs: fine
