@@ -104,6 +104,15 @@ def test_index_as_chat_engine_first_turn_and_the_condense_step(rag, index, read)
     assert_read_sources(read, follow_up.source_nodes, "What is the capital of Germany?")
 
 
+def test_context_chat_mode_reads_exactly_the_source_nodes(rag, index, read):  # noqa: F811
+    engine = index.as_chat_engine(
+        chat_mode="context", llm=ClaraLLM(rag=rag, max_new_tokens=MAX_NEW), similarity_top_k=2
+    )
+    assert_read_sources(read, engine.chat(QUESTION).source_nodes)
+    follow_up = engine.chat("What is the capital of Germany?")  # no condense step in this mode
+    assert_read_sources(read, follow_up.source_nodes, "What is the capital of Germany?")
+
+
 def test_condense_plus_context_engine_over_clara_retriever(rag, read):  # noqa: F811
     engine = CondensePlusContextChatEngine.from_defaults(
         retriever=rag.as_llama_index_retriever(similarity_top_k=2),
