@@ -181,14 +181,49 @@ def split_context(rag: Any, context: str, headers: bool = False) -> list[tuple[s
             by_hash.setdefault(_hash(variant), []).append(key)
     stored = rag.store.records_by_hash(list(by_hash)) if by_hash else {}
     found = {key: stored[h] for h in stored for key in by_hash[h]}
+    steps = _recover_loose(rag, pieces, _cover(len(pieces), found), found)
     items: list[tuple[str, dict | None]] = []
-    steps = _cover(len(pieces), found)
     for n, (key, i) in enumerate(steps):
         if key is not None:
             items.append((found[key].text, {ID_KEY: found[key].id}))
         elif not (headers and _is_header(pieces[i]) and n + 1 < len(steps) and steps[n + 1][0] is None):
             items.append((pieces[i].strip(), None))
     return items
+
+
+def _recover_loose(rag: Any, pieces: Sequence[str], steps: list, found: dict) -> list:
+    """Loose pieces that are a stored chunk up to whitespace (a template or a repacking changed the whitespace at
+    its ends, e.g. stripped a trailing ``"  "`` or blank line): found with a full-text lookup of the piece, then
+    compared with whitespace collapsed, over one or more consecutive loose pieces."""
+    out, n = [], 0
+    while n < len(steps):
+        key, i = steps[n]
+        match = None if key is not None else _whitespace_match(rag, pieces, steps, n)
+        if match is None:
+            out.append(steps[n])
+            n += 1
+            continue
+        hit, taken = match
+        span = (i, i + taken, 0)
+        found[span] = hit
+        out.append((span, i))
+        n += taken
+    return out
+
+
+def _whitespace_match(rag: Any, pieces: Sequence[str], steps: list, n: int) -> tuple[Any, int] | None:
+    """``(stored chunk, loose pieces it covers)`` for the loose run starting at step ``n``, else None."""
+    run = 0
+    while n + run < len(steps) and steps[n + run][0] is None and run < _MAX_RUN:
+        run += 1
+    core = pieces[steps[n][1]].strip()
+    candidates = {" ".join(h.text.split()): h for h in rag.store.records_containing(core)} if core else {}
+    start = steps[n][1]
+    for taken in range(run, 0, -1):  # the longest run of loose pieces that one stored chunk holds
+        hit = candidates.get(" ".join(" ".join(pieces[start : start + taken]).split()))
+        if hit is not None:
+            return hit, taken
+    return None
 
 
 def _variants(text: str) -> set[str]:

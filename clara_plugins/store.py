@@ -489,6 +489,13 @@ class ClaraStore:
         order = {d: i for i, d in enumerate(ids)}
         return sorted(out, key=lambda h: order[h.doc_id])  # stable: chunks stay in their order
 
+    def records_containing(self, text: str, limit: int = 10) -> list[Hit]:
+        """Stored chunks (score 0) whose text contains ``text`` (Chroma's ``$contains``), at most ``limit``."""
+        res = self._collection().get(
+            where_document={"$contains": text}, include=["documents", "metadatas"], limit=limit
+        )
+        return [_hit(cid, doc, meta, 0.0) for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"])]
+
     def search(self, queries: np.ndarray, k: int, where: dict[str, Any] | None = None) -> list[list[Hit]]:
         """Top ``k`` chunks per query vector ``[B, memory_dim]``, best first, scored by exact CLaRa cosine."""
         col = self._collection()

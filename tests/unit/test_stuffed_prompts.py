@@ -55,6 +55,14 @@ def test_split_context_finds_chunks_whose_edge_whitespace_was_stripped(rag):
     assert [(m or {}).get("clara_id") for _, m in split_context(rag, repacked)] == [c.id for c in chunks]
 
 
+def test_split_context_finds_chunks_up_to_any_edge_whitespace(rag):
+    text = "A note on lakes that ends with three spaces and a newline.   \n"
+    rag.index([text], ids=["lakes"], show_progress=False)
+    assert rag.store.records_by_doc(["lakes"])[0].text == text
+    context = "\n\n".join(["Some foreign paragraph.", text.strip(), CORPUS[0]])
+    assert [(m or {}).get("clara_id") for _, m in split_context(rag, context)] == [None, "lakes#0", "d0#0"]
+
+
 def test_llm_complete_with_the_text_qa_prompt_string(rag, read):  # noqa: F811
     hits = rag.search(QUESTION, k=3)
     prompt = DEFAULT_TEXT_QA_PROMPT.format(context_str="\n\n".join(h.text for h in hits), query_str=QUESTION)
