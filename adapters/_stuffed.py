@@ -10,8 +10,8 @@ to be taken apart again: which part is the question, and which stored chunks the
    slot. The question slot is the question exactly, never truncated.
 2. Context. Both frameworks join the documents with a blank line (LlamaIndex puts a ``key: value`` metadata header
    before each node's text). :func:`split_context` cuts the context at blank lines and finds the runs of pieces
-   that are exactly a stored chunk's text (content hash, one store lookup): those reuse the stored chunk (its id,
-   memory and provenance). Every remaining piece is a document of its own, compressed on the fly.
+   that are exactly a stored chunk's text (content hash, one store lookup), or the same up to whitespace
+   (full-text lookup): those reuse the stored chunk (its id, memory and provenance). Every remaining piece is a document of its own, compressed on the fly.
 
 Framework-free: the LangChain chat model and the LlamaIndex LLM both call it.
 """
