@@ -1,6 +1,6 @@
 """Framework-free helpers shared by the LangChain and LlamaIndex integrations.
 
-Both integrations speak to the core through the same few ``ClaraRAG`` methods (``search``, ``rerank``,
+Both integrations speak to the core through the same few ``ClaraRAG`` methods (``search``, ``rank_candidates``,
 ``answer_from_hits``, ``stream_from_hits``) and convert the ``Hit`` objects they get back into framework objects.
 The conventions below (which metadata keys CLaRa adds, how a framework document is recognised as one already in
 the store) are the same in both frameworks.
@@ -114,29 +114,6 @@ def rerank(
     """
     refs = [to_reference(text, metadata) for text, metadata in items]
     return [(i, hit.score) for i, hit in rag.rank_candidates(question, refs)[:top_n]]
-
-
-def map_back(refs: Sequence[Any], hits: Sequence[Any]) -> list[tuple[int, Any]]:
-    """Pair each reranked hit with the position of the reference it came from (first unused match wins).
-
-    A hit matches a reference with the same store id or, failing that, the same text.
-    """
-    by_id: dict[str, list[int]] = {}
-    by_text: dict[str, list[int]] = {}
-    for i, ref in enumerate(refs):
-        if ref.id:
-            by_id.setdefault(ref.id, []).append(i)
-        by_text.setdefault(ref.text, []).append(i)
-    used: set[int] = set()
-    pairs = []
-    for hit in hits:
-        found = [i for i in by_id.get(hit.id, []) + by_text.get(hit.text, []) if i not in used]
-        if not found:
-            msg = f"reranked hit {hit.id!r} matches none of the documents passed in"
-            raise InputError(msg)
-        used.add(found[0])
-        pairs.append((found[0], hit))
-    return pairs
 
 
 class StopFilter:

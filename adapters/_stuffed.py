@@ -5,13 +5,15 @@ to be taken apart again: which part is the question, and which stored chunks the
 
 1. Templates. A message (or a LlamaIndex prompt string) that fills one of the known templates (``TEMPLATES``:
    LangChain hub ``rlm/rag-prompt``, the system prompt of LangChain's RAG tutorial for ``create_retrieval_chain``,
-   LlamaIndex's text QA prompts and the context prompt of ``CondensePlusContextChatEngine``; more with
+   ``RetrievalQA``'s stuff prompts, LlamaIndex's text QA prompts and the context prompt of
+   ``CondensePlusContextChatEngine``; more with
    :func:`add_prompt_template`) gives its ``{context}`` slot and, when the template has one, its ``{question}``
    slot. The question slot is the question exactly, never truncated.
 2. Context. Both frameworks join the documents with a blank line (LlamaIndex puts a ``key: value`` metadata header
    before each node's text). :func:`split_context` cuts the context at blank lines and finds the runs of pieces
    that are exactly a stored chunk's text (content hash, one store lookup), or the same up to whitespace
-   (full-text lookup): those reuse the stored chunk (its id, memory and provenance). Every remaining piece is a document of its own, compressed on the fly.
+   (full-text lookup): those reuse the stored chunk (its id, memory and provenance). Every remaining piece is a
+   document of its own, compressed on the fly.
 
 Framework-free: the LangChain chat model and the LlamaIndex LLM both call it.
 """
