@@ -15,6 +15,10 @@ chain = (
 chain.invoke("Who wrote Hamlet?")
 ```
 
+Also: ``ClaraVectorStore`` (a LangChain ``VectorStore`` over the same store), ``search_type`` / ``search_kwargs`` on
+the retriever (similarity, MMR over the stored memories, a cosine threshold), and prompts with the context pasted
+in (LangChain's RAG tutorial templates) understood by the chat model, see ``_stuffed``.
+
 How documents reach the generator: ``ClaraContextPacker`` turns ``{"context": ..., "question": ...}`` into one
 ``HumanMessage`` whose content is the question and whose ``additional_kwargs["clara_context"]`` lists the
 documents (text, store id, metadata). ``ClaraChatModel`` gives the generator the stored memory of every document
