@@ -43,6 +43,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by te
 
 from clara_plugins.adapters._common import ID_KEY, PROVENANCE_KEYS, check_positive, check_rag, rerank
 from clara_plugins.adapters._llama_index_llm import ClaraLLM, ClaraSynthesizer
+from clara_plugins.retrieval import SearchOptions, run_search, search_options
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,30 @@ def filters_to_where(filters: MetadataFilters) -> dict[str, Any] | None:
     return {f"${condition}": clauses}
 
 
+_MMR_KWARGS = {"mmr_threshold": "lambda_mult", "mmr_prefetch_k": "fetch_k"}  # LlamaIndex name -> SearchOptions
+
+
+def _llama_search_options(
+    mode: Any, kwargs: dict[str, Any] | None, k: int, where: dict[str, Any] | None
+) -> SearchOptions:
+    """LlamaIndex's ``vector_store_query_mode`` / ``vector_store_kwargs`` as validated ``SearchOptions``."""
+    mode = getattr(mode, "value", mode)  # VectorStoreQueryMode or its string
+    if mode not in ("default", "mmr"):
+        msg = f"vector_store_query_mode={mode!r} is not supported; use 'default' or 'mmr'"
+        raise InputError(msg)
+    kwargs = dict(kwargs or {})
+    allowed = _MMR_KWARGS if mode == "mmr" else {}
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        msg = (
+            f"vector_store_kwargs {unknown} not supported with vector_store_query_mode={mode!r}; "
+            f"it takes {list(allowed)}"
+        )
+        raise InputError(msg)
+    search_kwargs = {_MMR_KWARGS[key]: value for key, value in kwargs.items()}
+    return search_options("mmr" if mode == "mmr" else "similarity", search_kwargs, k=k, where=where)
+
+
 def hit_to_node(hit: Any) -> NodeWithScore:
     """A ``NodeWithScore`` for one ``Hit``: a ``TextNode`` with the chunk's store id, text, offsets and metadata."""
     metadata = {**(hit.metadata or {}), ID_KEY: hit.id, "doc_id": hit.doc_id, "start": hit.start, "end": hit.end}
@@ -149,6 +174,10 @@ class ClaraRetriever(BaseRetriever):
         k: nodes per query (default 4); ``similarity_top_k`` is LlamaIndex's name for it (pass one of the two).
         where: Chroma filter on the user metadata, e.g. ``{"lang": "en"}``.
         filters: LlamaIndex ``MetadataFilters`` (converted to a Chroma filter; pass it or ``where``).
+        vector_store_query_mode: ``"default"`` (similarity) or ``"mmr"`` (maximal marginal relevance over the
+            stored memories), LlamaIndex's names.
+        vector_store_kwargs: with ``"mmr"``: ``mmr_threshold`` (LlamaIndex's relevance weight, LangChain's
+            ``lambda_mult``; default 0.5) and ``mmr_prefetch_k`` (candidates fetched first; default 20).
         callback_manager: LlamaIndex callback manager.
         verbose: LlamaIndex's verbose flag.
     """
@@ -160,12 +189,15 @@ class ClaraRetriever(BaseRetriever):
         similarity_top_k: int | None = None,
         where: dict[str, Any] | None = None,
         filters: MetadataFilters | None = None,
+        vector_store_query_mode: str = "default",
+        vector_store_kwargs: dict[str, Any] | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
         self._rag = check_rag(rag)
         self.k = top_k(k, similarity_top_k)
         self.where = as_where(where, filters)
+        self.options = _llama_search_options(vector_store_query_mode, vector_store_kwargs, self.k, self.where)
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @property
@@ -174,7 +206,7 @@ class ClaraRetriever(BaseRetriever):
         return self._rag
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        return [hit_to_node(hit) for hit in self._rag.search(query_bundle.query_str, k=self.k, where=self.where)]
+        return [hit_to_node(hit) for hit in run_search(self._rag, query_bundle.query_str, self.options)]
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return await asyncio.to_thread(self._retrieve, query_bundle)
@@ -232,6 +264,7 @@ def make_query_engine(
     similarity_top_k: int | None = None,
     where: dict[str, Any] | None = None,
     filters: MetadataFilters | None = None,
+    **retriever_kwargs: Any,
 ) -> RetrieverQueryEngine:
     """A ``RetrieverQueryEngine``: ``ClaraRetriever`` -> optional postprocessors -> ``ClaraSynthesizer``.
 
@@ -245,6 +278,7 @@ def make_query_engine(
         similarity_top_k: LlamaIndex's name for ``k``.
         where: Chroma filter on the user metadata.
         filters: LlamaIndex ``MetadataFilters`` (instead of ``where``).
+        **retriever_kwargs: other ``ClaraRetriever`` arguments (``vector_store_query_mode``, ``vector_store_kwargs``).
 
     Returns:
         The query engine; its responses carry the retrieved nodes as ``source_nodes``.
@@ -252,7 +286,13 @@ def make_query_engine(
     llm = ClaraLLM(rag=rag, max_new_tokens=max_new_tokens)
     synthesizer = ClaraSynthesizer(llm=llm, streaming=streaming, callback_manager=callback_manager)
     retriever = ClaraRetriever(
-        rag, k=k, similarity_top_k=similarity_top_k, where=where, filters=filters, callback_manager=callback_manager
+        rag,
+        k=k,
+        similarity_top_k=similarity_top_k,
+        where=where,
+        filters=filters,
+        callback_manager=callback_manager,
+        **retriever_kwargs,
     )
     return RetrieverQueryEngine(
         retriever=retriever,
@@ -285,6 +325,7 @@ def make_chat_engine(
     max_new_tokens: int | None = None,
     chat_history: Sequence[Any] | None = None,
     callback_manager: CallbackManager | None = None,
+    **retriever_kwargs: Any,
 ) -> ClaraChatEngine:
     """A ``ClaraChatEngine`` (condense-plus-context style) over ``rag``: ``rag.as_llama_index_chat_engine()``.
 
@@ -298,9 +339,16 @@ def make_chat_engine(
         max_new_tokens: most new tokens per answer.
         chat_history: earlier ``ChatMessage``s to start from.
         callback_manager: LlamaIndex callback manager.
+        **retriever_kwargs: other ``ClaraRetriever`` arguments (``vector_store_query_mode``, ``vector_store_kwargs``).
     """
     retriever = ClaraRetriever(
-        rag, k=k, similarity_top_k=similarity_top_k, where=where, filters=filters, callback_manager=callback_manager
+        rag,
+        k=k,
+        similarity_top_k=similarity_top_k,
+        where=where,
+        filters=filters,
+        callback_manager=callback_manager,
+        **retriever_kwargs,
     )
     llm = ClaraLLM(rag=rag, max_new_tokens=max_new_tokens, callback_manager=callback_manager)
     return ClaraChatEngine(

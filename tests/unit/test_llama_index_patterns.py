@@ -13,6 +13,7 @@ from llama_index.core import SimpleDirectoryReader, VectorStoreIndex
 from llama_index.core.chat_engine import CondensePlusContextChatEngine
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.node_parser import SentenceSplitter
+from llama_index.core.schema import QueryBundle
 from llama_index.core.vector_stores import FilterOperator, MetadataFilter, MetadataFilters
 
 from clara_plugins.adapters import PromptError
@@ -163,6 +164,27 @@ def test_similarity_top_k_and_metadata_filters_everywhere(rag, read):  # noqa: F
         filters_to_where(MetadataFilters(filters=[MetadataFilter(key="s", value="x", operator="text_match")]))
     with pytest.raises(InputError, match="not both"):
         rag.as_llama_index_retriever(k=2, similarity_top_k=3)
+
+
+def test_retriever_mmr_mode_uses_clara_memories(rag):
+    import torch
+
+    from clara_plugins.retrieval import mmr_order
+
+    mmr = {"mmr_threshold": 0.2, "mmr_prefetch_k": 6}
+    retriever = rag.as_llama_index_retriever(similarity_top_k=3, vector_store_query_mode="mmr", vector_store_kwargs=mmr)
+    hits = rag.search(QUESTION, k=6)
+    mems = torch.nn.functional.normalize(rag.memories_for(hits).flatten(1), dim=-1)
+    order = mmr_order(torch.tensor([h.score for h in hits]), mems @ mems.T, 3, 0.2)
+    assert [n.node.node_id for n in retriever.retrieve(QUESTION)] == [hits[i].id for i in order]
+    with pytest.raises(InputError, match=r"vector_store_kwargs \['mmr_threshold'\] not supported"):
+        rag.as_llama_index_retriever(vector_store_kwargs={"mmr_threshold": 0.5})
+    with pytest.raises(InputError, match="vector_store_query_mode='sparse'"):
+        rag.as_llama_index_retriever(vector_store_query_mode="sparse")
+    engine = rag.as_llama_index_query_engine(similarity_top_k=3, vector_store_query_mode="mmr", vector_store_kwargs=mmr)
+    assert [n.node.node_id for n in engine.retrieve(QueryBundle(QUESTION))] == [hits[i].id for i in order]
+    with pytest.raises(TypeError, match="similarity_topk"):
+        rag.as_llama_index_chat_engine(similarity_topk=3)
 
 
 # ---- loaders' documents and nodes indexed directly ---------------------------------------------------------------
