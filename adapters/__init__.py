@@ -3,9 +3,10 @@
 Each framework has its own module, imported only when used, so ``import clara_plugins`` pulls in neither:
 
 - ``clara_plugins.adapters.langchain`` (extra ``langchain``): ``ClaraRetriever``, ``ClaraDocumentCompressor``,
-  ``ClaraChatModel`` and ``ClaraContextPacker``.
+  ``ClaraChatModel``, ``ClaraContextPacker`` and ``ClaraVectorStore``.
 - ``clara_plugins.adapters.llama_index`` (extra ``llama-index``): ``ClaraRetriever``, ``ClaraNodePostprocessor``,
-  ``ClaraLLM``, ``ClaraSynthesizer`` and ``make_query_engine``.
+  ``ClaraLLM``, ``ClaraSynthesizer``, ``ClaraChatEngine``, ``make_query_engine`` and ``make_chat_engine``.
+- here, framework-free: ``PromptError`` and ``add_prompt_template`` (how stuffed prompts are understood).
 
 The classes are thin conversions between framework objects and the core ``ClaraRAG`` facade; they never paste
 document text into a prompt: the generator reads the documents' compressed memories.
@@ -23,4 +24,6 @@ if not __name__.startswith("clara_plugins."):
     )
     raise ImportError(msg)
 
-__all__: list[str] = []
+from clara_plugins.adapters._stuffed import PromptError, add_prompt_template  # framework-free
+
+__all__ = ["PromptError", "add_prompt_template"]

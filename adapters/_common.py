@@ -1,6 +1,6 @@
 """Framework-free helpers shared by the LangChain and LlamaIndex integrations.
 
-Both integrations speak to the core through the same few ``ClaraRAG`` methods (``search``, ``rerank``,
+Both integrations speak to the core through the same few ``ClaraRAG`` methods (``search``, ``rank_candidates``,
 ``answer_from_hits``, ``stream_from_hits``) and convert the ``Hit`` objects they get back into framework objects.
 The conventions below (which metadata keys CLaRa adds, how a framework document is recognised as one already in
 the store) are the same in both frameworks.
@@ -74,17 +74,18 @@ def to_reference(text: str, metadata: Mapping[str, Any] | None = None) -> Any:
     )
 
 
-def references(model: Any, items: Sequence[tuple[str, Mapping[str, Any] | None]]) -> list[tuple[int, Any]]:
+def references(rag: Any, items: Sequence[tuple[str, Mapping[str, Any] | None]]) -> list[tuple[int, Any]]:
     """``Hit``s for framework documents given as ``(text, metadata)``: ``(index of the document, hit)`` pairs.
 
     A stored chunk (metadata with ``clara_id``) or a text within ``doc_max_length`` tokens gives one hit. A longer
     text (a whole page from another retriever) gives one hit per chunk, cut as indexing would cut it, with the
-    chunk's offsets: the compressor cannot take it whole.
+    chunk's offsets: the compressor cannot take it whole. A hit whose text is a stored chunk's text becomes that
+    chunk (store id, provenance), so the sources a generator reports name store ids whenever there is one.
     """
     pieces = []
     for i, (text, metadata) in enumerate(items):
         ref = to_reference(text, metadata)
-        chunks = [] if isinstance((metadata or {}).get(ID_KEY), str) else model.chunk(text)
+        chunks = [] if isinstance((metadata or {}).get(ID_KEY), str) else rag.model.chunk(text)
         if len(chunks) <= 1:
             pieces.append((i, ref))
             continue
@@ -92,7 +93,15 @@ def references(model: Any, items: Sequence[tuple[str, Mapping[str, Any] | None]]
             piece = to_reference(c.text, {**ref.metadata, "doc_id": ref.doc_id, "start": ref.start + c.start})
             piece.end = ref.start + c.end
             pieces.append((i, piece))
-    return pieces
+    return _resolve_stored(rag, pieces)
+
+
+def _resolve_stored(rag: Any, pieces: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    from clara_plugins.rag import text_hash
+
+    loose = [text_hash(hit.text) for _, hit in pieces if hit.id == text_hash(hit.text)]  # no store id yet
+    stored = rag.store.records_by_hash(loose) if loose else {}
+    return [(i, stored.get(hit.id, hit)) for i, hit in pieces]
 
 
 def rerank(
@@ -100,40 +109,11 @@ def rerank(
 ) -> list[tuple[int, float]]:
     """CLaRa's ranking of framework documents ``(text, metadata)``: ``(index, score)`` of the best ``top_n``.
 
-    Stored chunks reuse their memories, other texts are looked up by content or compressed; a document split into
-    several chunks scores as its best chunk.
+    A thin conversion over ``ClaraRAG.rank_candidates`` (the one rerank rule): stored chunks reuse their memories,
+    other texts are looked up by content or compressed, a document longer than one chunk scores as its best chunk.
     """
-    pieces = references(rag.model, items)
-    hits = rag.rerank(question, [p for _, p in pieces], k=len(pieces))
-    best: dict[int, float] = {}
-    for j, hit in map_back([p for _, p in pieces], hits):
-        i = pieces[j][0]
-        best[i] = max(best.get(i, float("-inf")), float(hit.score))
-    order = sorted(best, key=lambda i: -best[i])
-    return [(i, best[i]) for i in order[:top_n]]
-
-
-def map_back(refs: Sequence[Any], hits: Sequence[Any]) -> list[tuple[int, Any]]:
-    """Pair each reranked hit with the position of the reference it came from (first unused match wins).
-
-    A hit matches a reference with the same store id or, failing that, the same text.
-    """
-    by_id: dict[str, list[int]] = {}
-    by_text: dict[str, list[int]] = {}
-    for i, ref in enumerate(refs):
-        if ref.id:
-            by_id.setdefault(ref.id, []).append(i)
-        by_text.setdefault(ref.text, []).append(i)
-    used: set[int] = set()
-    pairs = []
-    for hit in hits:
-        found = [i for i in by_id.get(hit.id, []) + by_text.get(hit.text, []) if i not in used]
-        if not found:
-            msg = f"reranked hit {hit.id!r} matches none of the documents passed in"
-            raise InputError(msg)
-        used.add(found[0])
-        pairs.append((found[0], hit))
-    return pairs
+    refs = [to_reference(text, metadata) for text, metadata in items]
+    return [(i, hit.score) for i, hit in rag.rank_candidates(question, refs)[:top_n]]
 
 
 class StopFilter:

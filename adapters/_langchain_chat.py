@@ -1,15 +1,20 @@
 """``ClaraChatModel``: CLaRa's generator as a LangChain chat model (re-exported by ``adapters.langchain``).
 
-The generator reads compressed memories, never document text. Where the memories come from, per call:
+The generator reads compressed memories, never document text. What it reads, per call, in this order:
 
 1. documents packed into a message (``additional_kwargs["clara_context"]``, see ``ClaraContextPacker``): a document
    naming a chunk of the store (``id`` / ``metadata["clara_id"]``) reuses its stored memory; any other document is
    looked up by content or compressed on the fly;
-2. else the text of the ``SystemMessage``s, taken as plain-text context: chunked and compressed on the fly;
-3. else, with ``retrieve=True`` (the default), the ``k`` best chunks of the store for the question.
+2. a message filling a known RAG template (LangChain hub ``rlm/rag-prompt``, the RAG tutorial's system prompt for
+   ``create_retrieval_chain``, see ``_stuffed``): its context slot is split back into the stored chunks it pastes
+   (found by content hash; other pieces compressed on the fly), and its question slot, if any, is the question;
+3. the text of other ``SystemMessage``s, taken as plain-text context (split the same way);
+4. else, with ``retrieve=True`` (the default), the ``k`` best chunks of the store for the question, provided the
+   question is one the query reasoner reads whole (at most ``doc_max_length`` tokens, no pasted stored chunks):
+   anything else raises ``PromptError`` naming the supported way, never a search with template text.
 
-The question is the text of the last ``HumanMessage``. Earlier turns of a conversation are not shown to the
-generator: a CLaRa prompt holds one question.
+The question is the template's question slot, else the text of the last ``HumanMessage``. Earlier turns of a
+conversation are not shown to the generator: a CLaRa prompt holds one question.
 """
 
 from __future__ import annotations
@@ -32,6 +37,14 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by te
     raise MissingExtraError("langchain-core", "langchain") from exc
 
 from clara_plugins.adapters._common import StopFilter, check_positive, check_rag, references
+from clara_plugins.adapters._stuffed import (
+    SUPPORTED_WAY,
+    PromptError,
+    check_question,
+    is_instruction,
+    parse,
+    split_context,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,25 +145,34 @@ class ClaraChatModel(BaseChatModel):
         max_tokens = kwargs.get("max_tokens", self.max_tokens)
         if max_tokens is not None:
             check_positive("max_tokens", max_tokens)
-        question = _question(messages)
-        refs = self._context(messages, question, kwargs.get("k"))
+        question, refs = self._inputs(messages, kwargs.get("k"))
         return _Call(question, refs, max_tokens, list(stop or self.stop or []))
 
-    def _context(self, messages: Sequence[BaseMessage], question: str, k: int | None) -> list[Any]:
-        items: list[tuple[str, dict | None]] = []
+    def _inputs(self, messages: Sequence[BaseMessage], k: int | None) -> tuple[str, list[Any]]:
+        """The question and the documents (``Hit``s) of a call, by the rules of the module docstring."""
+        question = _question(messages)
+        items, asked, understood = [], None, False
         for message in messages:
             packed = message.additional_kwargs.get(CONTEXT_KEY)
+            stuffed = parse(message.text) if packed is None and message.text.strip() else None
             if packed is not None:
                 items.extend(_unpack(packed))
-            elif isinstance(message, SystemMessage) and message.text.strip():
-                items.append((message.text, None))
-        if items:
-            return [hit for _, hit in references(self.rag.model, items)]
+            elif stuffed is not None:  # a known RAG template: its context slot and (if any) its question slot
+                items.extend(split_context(self.rag, stuffed.context))
+                asked = stuffed.question or asked
+                if message.text == question and stuffed.question is None:
+                    msg = f"the last human message fills a template that has no question slot. Instead, {SUPPORTED_WAY}"
+                    raise PromptError(msg)
+            elif isinstance(message, SystemMessage) and message.text.strip() and not is_instruction(message.text):
+                items.extend(split_context(self.rag, message.text))  # plain-text context
+            understood = understood or packed is not None or stuffed is not None
+        if items or understood:  # an empty context from a template is an error in the core, not a new search
+            return asked or question, [hit for _, hit in references(self.rag, items)]
         if not self.retrieve:
             msg = "the messages carry no context (no clara_context, no system message) and retrieve=False"
             raise InputError(msg)
         k = k if k is not None else self.k or self.rag.default_k
-        return list(self.rag.search(question, k=check_positive("k", k)))
+        return question, list(self.rag.search(check_question(self.rag, question), k=check_positive("k", k)))
 
     # ---- generation -------------------------------------------------------------------------------------------
 

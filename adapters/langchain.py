@@ -15,6 +15,10 @@ chain = (
 chain.invoke("Who wrote Hamlet?")
 ```
 
+Also: ``ClaraVectorStore`` (a LangChain ``VectorStore`` over the same store), ``search_type`` / ``search_kwargs`` on
+the retriever (similarity, MMR over the stored memories, a cosine threshold), and prompts with the context pasted
+in (LangChain's RAG tutorial templates) understood by the chat model, see ``_stuffed``.
+
 How documents reach the generator: ``ClaraContextPacker`` turns ``{"context": ..., "question": ...}`` into one
 ``HumanMessage`` whose content is the question and whose ``additional_kwargs["clara_context"]`` lists the
 documents (text, store id, metadata). ``ClaraChatModel`` gives the generator the stored memory of every document
@@ -29,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from clara_plugins.errors import InputError, MissingExtraError
+from clara_plugins.retrieval import SearchOptions, run_search, search_options
 
 try:
     from langchain_core.callbacks import (
@@ -41,12 +46,13 @@ try:
     from langchain_core.prompt_values import ChatPromptValue
     from langchain_core.retrievers import BaseRetriever
     from langchain_core.runnables import RunnableConfig, RunnableSerializable
-    from pydantic import ConfigDict, Field, field_validator
+    from pydantic import ConfigDict, Field, field_validator, model_validator
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by test_import_hygiene
     raise MissingExtraError("langchain-core", "langchain") from exc
 
 from clara_plugins.adapters._common import RELEVANCE_KEY, check_positive, check_rag, hit_metadata, rerank
 from clara_plugins.adapters._langchain_chat import CONTEXT_KEY, ClaraChatModel
+from clara_plugins.adapters._langchain_vectorstore import ClaraVectorStore
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +62,7 @@ __all__ = [
     "ClaraContextPacker",
     "ClaraDocumentCompressor",
     "ClaraRetriever",
+    "ClaraVectorStore",
     "context_message",
 ]
 
@@ -70,18 +77,24 @@ class ClaraRetriever(BaseRetriever):
 
     Attributes:
         rag: the ``ClaraRAG`` to search.
-        k: chunks returned per query; ``invoke(query, k=...)`` overrides it for one call.
-        where: Chroma filter on the user metadata, e.g. ``{"lang": "en"}``; ``invoke(query, where=...)`` overrides
-            it for one call.
+        k: chunks returned per query.
+        where: Chroma filter on the user metadata, e.g. ``{"lang": "en"}``.
+        search_type: ``"similarity"`` (default), ``"mmr"`` (maximal marginal relevance over the stored memories)
+            or ``"similarity_score_threshold"`` (keeps chunks whose CLaRa cosine is at least ``score_threshold``).
+        search_kwargs: LangChain's vector-store retriever arguments: ``k``, ``filter`` (= ``where``), ``fetch_k``
+            and ``lambda_mult`` (mmr), ``score_threshold``; they win over ``k`` / ``where``. Anything else raises.
 
-    Each ``Document`` has ``id`` = the chunk's store id, and metadata = the user metadata of its source document
-    plus ``clara_id`` (the store id again, for pipelines that drop ``Document.id``), ``score`` (the cosine),
-    ``doc_id``, ``start`` and ``end`` (the chunk's character offsets in its source document).
+    ``invoke(query, k=..., filter=...)`` takes the same keywords for one call. Each ``Document`` has ``id`` = the
+    chunk's store id, and metadata = the user metadata of its source document plus ``clara_id`` (the store id
+    again, for pipelines that drop ``Document.id``), ``score`` (the cosine), ``doc_id``, ``start`` and ``end`` (the
+    chunk's character offsets in its source document).
     """
 
     rag: Any = Field(exclude=True)
     k: int = 4
     where: dict[str, Any] | None = None
+    search_type: str = "similarity"
+    search_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -95,20 +108,21 @@ class ClaraRetriever(BaseRetriever):
     def _valid_k(cls, value: Any) -> int:
         return check_positive("k", value)
 
+    @model_validator(mode="after")
+    def _valid_search(self) -> ClaraRetriever:
+        self.options()  # raises naming a bad search_type or keyword now, not at the first query
+        return self
+
+    def options(self, **overrides: Any) -> SearchOptions:
+        """The search this retriever runs, with per-call ``overrides`` (same keywords as ``search_kwargs``)."""
+        call = {key: v for key, v in overrides.items() if v is not None}
+        kwargs = {**_filter_as_where(self.search_kwargs), **_filter_as_where(call)}  # a per-call filter wins
+        return search_options(self.search_type, kwargs, k=self.k, where=self.where)
+
     def _get_relevant_documents(
-        self,
-        query: str,
-        *,
-        run_manager: CallbackManagerForRetrieverRun,
-        k: int | None = None,
-        where: dict[str, Any] | None = None,
-        **kwargs: Any,
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
-        if kwargs:
-            msg = f"ClaraRetriever got unknown keyword arguments {sorted(kwargs)}; only k and where are supported"
-            raise InputError(msg)
-        k = self.k if k is None else check_positive("k", k)
-        hits = self.rag.search(query, k=k, where=self.where if where is None else where)
+        hits = run_search(self.rag, query, self.options(**kwargs))
         return [hit_to_document(hit) for hit in hits]
 
     async def _aget_relevant_documents(
@@ -117,6 +131,18 @@ class ClaraRetriever(BaseRetriever):
         # the model works on CPU/GPU synchronously: run it in a worker thread so the event loop stays free
         sync_manager = run_manager.get_sync()
         return await asyncio.to_thread(self._get_relevant_documents, query, run_manager=sync_manager, **kwargs)
+
+
+def _filter_as_where(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with LangChain's ``filter`` renamed to ``where`` (both at once raises)."""
+    if "filter" not in kwargs:
+        return dict(kwargs)
+    if "where" in kwargs:
+        msg = "pass the metadata filter as filter or as where, not both"
+        raise InputError(msg)
+    out = dict(kwargs)
+    out["where"] = out.pop("filter")
+    return out
 
 
 class ClaraDocumentCompressor(BaseDocumentCompressor):

@@ -69,11 +69,29 @@ def _check_text(text: Any, where: str) -> str:
     return text
 
 
+def _as_record(item: Any) -> Any:
+    """A LangChain ``Document`` or a LlamaIndex ``Document`` / ``TextNode`` as a record ``{text, id, metadata}``.
+
+    Duck-typed (the core imports neither framework): ``page_content`` marks a LangChain document, ``node_id`` with
+    ``get_content`` a LlamaIndex one. Their ids and metadata are kept; anything else is returned unchanged.
+    """
+    if isinstance(item, (str, dict)):
+        return item
+    if hasattr(item, "page_content"):  # langchain_core.documents.Document: id may be None (content hash then)
+        return {"text": item.page_content, "id": getattr(item, "id", None), "metadata": dict(item.metadata or {})}
+    if hasattr(item, "node_id") and callable(getattr(item, "get_content", None)):  # llama_index Document/TextNode
+        return {"text": item.get_content(), "id": item.node_id, "metadata": dict(item.metadata or {})}
+    return item
+
+
 def _normalize_docs(items: Any, ids: Sequence[str] | None, metadatas: Sequence[Any] | None) -> list[_Doc]:
-    """Texts or records ``{text, metadata, id}`` -> documents with ids (content hash when none), validated."""
-    if isinstance(items, (str, dict)):
+    """Texts, records ``{text, metadata, id}`` or framework documents -> documents with ids, validated.
+
+    Documents without an id get a content hash.
+    """
+    if isinstance(items, (str, dict)) or hasattr(items, "page_content") or hasattr(items, "node_id"):
         items = [items]
-    items = list(items)
+    items = [_as_record(item) for item in items]
     if ids is not None and len(ids) != len(items):
         msg = f"ids has {len(ids)} entries for {len(items)} texts"
         raise InputError(msg)
@@ -158,7 +176,7 @@ class ClaraRAG:
     # ------------------------------------------------------------------ indexing
     def index(
         self,
-        texts: str | dict | Sequence[str | dict],
+        texts: str | dict | Sequence[str | dict] | Any,
         ids: Sequence[str] | None = None,
         metadatas: Sequence[dict[str, Any] | None] | None = None,
         batch_size: int = 64,
@@ -167,8 +185,9 @@ class ClaraRAG:
         """Chunk, compress once and store documents; idempotent.
 
         Args:
-            texts: Texts, or records ``{"text": ..., "metadata": {...}, "id": ...}``.
-            ids: Document ids (default: the record's ``id``, else a hash of the text).
+            texts: Texts, records ``{"text": ..., "metadata": {...}, "id": ...}``, LangChain ``Document``s or
+                LlamaIndex ``Document``s / ``TextNode``s (their ids and metadata are kept).
+            ids: Document ids (default: the record's or document's id, else a hash of the text).
             metadatas: Per-document metadata (str, int, float, bool values, or lists of one of these).
             batch_size: Chunks compressed and written per step.
             show_progress: Show a progress bar over chunks.
@@ -324,9 +343,20 @@ class ClaraRAG:
 
         Returns:
             Hits, best first; a plain text gets the id of a stored chunk with the same text, else its content hash.
+            A candidate longer than one chunk is cut as indexing cuts it and scores as its best chunk.
         """
         _check_text(question, "question")
         k = self._k(k)
+        return [hit for _, hit in self.rank_candidates(question, texts_or_hits)[:k]]
+
+    def rank_candidates(self, question: str, texts_or_hits: Sequence[str | Hit]) -> list[tuple[int, Hit]]:
+        """Every candidate scored, best first, as ``(position in texts_or_hits, Hit)``: the one rerank rule.
+
+        Stored chunks (by id, or a text stored with the same content) reuse their memories, the others are
+        compressed. A candidate longer than one chunk (a whole page from another retriever) is cut into chunks as
+        indexing cuts it, and its score is that of its best chunk. The LangChain and LlamaIndex rerankers call this.
+        """
+        _check_text(question, "question")
         hits = [self._as_hit(item, i) for i, item in enumerate(texts_or_hits)]
         if not hits:
             return []
@@ -334,14 +364,32 @@ class ClaraRAG:
         stored = self.store.records_by_hash([text_hash(hits[i].text) for i in plain]) if plain else {}
         for i in plain:  # a text already in the store is that chunk (id, metadata, provenance)
             hits[i] = stored.get(text_hash(hits[i].text), hits[i])
-        mems = self.memories_for(hits)
+        owners, pieces = self._pieces(hits)
         q = self.model.encode_query([question])
-        scores, idx = self.model.rank(q, mems, k)
+        scores, idx = self.model.rank(q, self.memories_for(pieces), len(pieces))
+        best: dict[int, float] = {}
+        for s, j in zip(scores[0].tolist(), idx[0].tolist()):
+            best.setdefault(owners[j], float(s))  # best first: the first piece seen of a candidate is its best
         out = []
-        for s, i in zip(scores[0].tolist(), idx[0].tolist()):
+        for i, score in best.items():  # insertion order: best first
             h = hits[i]
-            out.append(Hit(h.id, h.text, float(s), dict(h.metadata), h.doc_id, h.start, h.end))
+            out.append((i, Hit(h.id, h.text, score, dict(h.metadata), h.doc_id, h.start, h.end)))
         return out
+
+    def _pieces(self, hits: list[Hit]) -> tuple[list[int], list[Hit]]:
+        """Chunk-sized pieces of candidates: ``(owner candidate per piece, pieces)``; one piece per short text."""
+        owners, pieces = [], []
+        for i, hit in enumerate(hits):
+            chunks = self.model.chunk(hit.text)
+            if len(chunks) <= 1:
+                owners.append(i)
+                pieces.append(hit)
+                continue
+            for c in chunks:
+                owners.append(i)
+                start, end = hit.start + c.start, hit.start + c.end
+                pieces.append(Hit(text_hash(c.text), c.text, 0.0, {}, hit.doc_id, start, end))
+        return owners, pieces
 
     @staticmethod
     def _as_hit(item: str | Hit, i: int) -> Hit:
@@ -366,12 +414,12 @@ class ClaraRAG:
 
     def _compress_candidates(self, texts: list[str]) -> np.ndarray:
         """Flattened memories of texts not in the store; a text longer than one chunk is read up to its first
-        chunk boundary (as the official reranker truncates), with a warning."""
+        chunk boundary, with a warning (``rank_candidates`` and the integrations cut long texts into chunks first)."""
         firsts = []
         for text in texts:
             pieces = self.model.chunk(text)
             if len(pieces) > 1:
-                logger.warning("candidate of %d chars is longer than one chunk; ranking its first chunk", len(text))
+                logger.warning("candidate of %d chars is longer than one chunk; reading its first chunk", len(text))
             firsts.append(pieces[0].text if pieces else text)
         return self.model.compress(firsts).flatten(1).numpy()
 
@@ -465,3 +513,11 @@ class ClaraRAG:
     def as_llama_index_query_engine(self, **kwargs: Any) -> Any:
         """A LlamaIndex query engine that retrieves and answers with CLaRa."""
         return self._bridge("llama_index", "make_query_engine", **kwargs)
+
+    def as_llama_index_chat_engine(self, **kwargs: Any) -> Any:
+        """A LlamaIndex chat engine (condense-plus-context style) whose generator reads the retrieved memories."""
+        return self._bridge("llama_index", "make_chat_engine", **kwargs)
+
+    def as_langchain_vectorstore(self, **kwargs: Any) -> Any:
+        """A LangChain ``VectorStore`` over this store (``ClaraVectorStore``)."""
+        return self._bridge("langchain", "ClaraVectorStore", **kwargs)

@@ -479,6 +479,23 @@ class ClaraStore:
             )
         return out
 
+    def records_by_doc(self, doc_ids: Sequence[str]) -> list[Hit]:
+        """Every stored chunk (score 0) of the given document ids, by document then position; unknown ids give none."""
+        col, ids, out = self._collection(), list(dict.fromkeys(doc_ids)), []
+        for start in range(0, len(ids), 500):
+            res = col.get(where={"clara_doc": {"$in": ids[start : start + 500]}}, include=["documents", "metadatas"])
+            rows = sorted(zip(res["ids"], res["documents"], res["metadatas"]), key=lambda r: int(r[2]["clara_i"]))
+            out.extend(_hit(cid, doc, meta, 0.0) for cid, doc, meta in rows)
+        order = {d: i for i, d in enumerate(ids)}
+        return sorted(out, key=lambda h: order[h.doc_id])  # stable: chunks stay in their order
+
+    def records_containing(self, text: str, limit: int = 10) -> list[Hit]:
+        """Stored chunks (score 0) whose text contains ``text`` (Chroma's ``$contains``), at most ``limit``."""
+        res = self._collection().get(
+            where_document={"$contains": text}, include=["documents", "metadatas"], limit=limit
+        )
+        return [_hit(cid, doc, meta, 0.0) for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"])]
+
     def search(self, queries: np.ndarray, k: int, where: dict[str, Any] | None = None) -> list[list[Hit]]:
         """Top ``k`` chunks per query vector ``[B, memory_dim]``, best first, scored by exact CLaRa cosine."""
         col = self._collection()

@@ -15,6 +15,8 @@ EXAMPLES = [
     "langchain_rerank_bm25.py",
     "llama_index_query_engine.py",
     "llama_index_postprocessor.py",
+    pytest.param("langchain_tutorial_patterns.py", marks=pytest.mark.slow),
+    pytest.param("llama_index_chat_engine.py", marks=pytest.mark.slow),
 ]
 
 

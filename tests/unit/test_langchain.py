@@ -113,7 +113,7 @@ def test_retriever_rejects_bad_arguments(rag):
     retriever = ClaraRetriever(rag=rag)
     with pytest.raises(InputError, match="k must be a positive integer"):
         retriever.invoke(QUESTION, k=-1)
-    with pytest.raises(InputError, match="only k and where"):
+    with pytest.raises(InputError, match=r"search_kwargs \[.top_k.\] not supported"):
         retriever.invoke(QUESTION, top_k=2)
 
 

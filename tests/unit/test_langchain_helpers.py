@@ -1,11 +1,10 @@
-"""The framework-free helpers the integrations share: stop sequences, mapping reranked hits back, async streams."""
+"""The framework-free helpers the integrations share: stop sequences, references, async streams."""
 
 from __future__ import annotations
 
 import pytest
 
-from clara_plugins.adapters._common import StopFilter, aiter_in_thread, map_back, to_reference
-from clara_plugins.errors import InputError
+from clara_plugins.adapters._common import StopFilter, aiter_in_thread, to_reference
 from clara_plugins.rag import text_hash
 
 
@@ -32,16 +31,6 @@ def test_stop_filter_holds_back_only_possible_prefixes():
     assert f.feed("N") == ""
     assert f.feed("X") == "ENX"
     assert not f.stopped
-
-
-def test_map_back_by_store_id_then_text():
-    refs = [to_reference("alpha"), to_reference("beta", {"clara_id": "c1"}), to_reference("alpha")]
-    hits = [to_reference("beta", {"clara_id": "c1"}), to_reference("alpha"), to_reference("alpha")]
-    assert [i for i, _ in map_back(refs, hits)] == [1, 0, 2]
-    renamed = to_reference("beta")  # same text under another id: matched by text
-    assert [i for i, _ in map_back(refs, [renamed])] == [1]
-    with pytest.raises(InputError, match="matches none"):
-        map_back(refs[:1], [to_reference("gamma")])
 
 
 def test_to_reference_keeps_user_metadata_and_ignores_foreign_ids():

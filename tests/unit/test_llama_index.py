@@ -13,6 +13,7 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import MetadataMode, NodeRelationship, NodeWithScore, TextNode
 
 from clara_plugins import ClaraModel
+from clara_plugins.adapters._llama_index_llm import TEXT_WINDOW
 from clara_plugins.adapters.llama_index import (
     ClaraLLM,
     ClaraNodePostprocessor,
@@ -152,7 +153,7 @@ def test_postprocessor_and_synthesizer_on_a_vector_index(rag, vector_index, call
 def test_llm_complete_stream_and_chat(rag, calls):
     llm = ClaraLLM(rag=rag, max_new_tokens=MAX_NEW, k=2)
     assert llm.metadata.num_output == MAX_NEW
-    assert llm.metadata.context_window == rag.model.base_lm.config.max_position_embeddings
+    assert llm.metadata.context_window == TEXT_WINDOW  # text is never read: all nodes go in one prompt
     assert not llm.metadata.is_chat_model
     text = "Rome is the capital of Italy."
     answer = llm.complete(QUESTION, nodes=[text])

@@ -39,3 +39,18 @@ def test_cli_help_lists_commands():
         [sys.executable, "-m", "clara_plugins.cli", "--help"], capture_output=True, text=True, check=True
     )
     assert "convert" in out.stdout
+
+
+def test_py_typed_ships_and_extras_cover_the_readme_imports():
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "py.typed" in meta["tool"]["setuptools"]["package-data"]["clara_plugins"]
+    assert (REPO / "clara_plugins" / "py.typed").exists()
+    langchain = " ".join(meta["project"]["optional-dependencies"]["langchain"])
+    assert "langchain-classic" in langchain  # README: ContextualCompressionRetriever from langchain_classic
+    assert "langchain_classic" in (REPO / "README.md").read_text()
+
+
+def test_loading_the_model_raises_no_third_party_future_warning():
+    code = "import clara_plugins; clara_plugins.ClaraRAG.from_pretrained('tiny')"
+    run = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
