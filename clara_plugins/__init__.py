@@ -8,7 +8,6 @@ The core (this package) imports neither LangChain nor LlamaIndex; the integratio
 from __future__ import annotations
 
 import importlib
-import warnings
 from typing import TYPE_CHECKING, Any
 
 from clara_plugins.errors import (
@@ -22,11 +21,6 @@ from clara_plugins.errors import (
 )
 
 __version__ = "0.1.0"
-
-# peft reads transformers' deprecated ``is_gradient_checkpointing`` when it wraps the base model (get_peft_model in
-# ClaraModel.from_base), so every user of the Python API got this FutureWarning about peft's own code. Silence
-# exactly that message, nothing else.
-warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # public name -> module that defines it (loaded on first access)
 _LAZY = {

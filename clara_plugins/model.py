@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,6 +52,15 @@ class ClaraAnswer:
     text: str
     indices: list[int]
     scores: list[float]
+
+
+@contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft reads transformers 5's deprecated ``is_gradient_checkpointing`` while wrapping a model: a FutureWarning
+    about peft's own code that every user would see. Only that message, only around peft's wrapping."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 class _StopWhenSet(StoppingCriteria):
@@ -142,9 +152,10 @@ class ClaraModel:
             bias="none",
             task_type="CAUSAL_LM",
         )
-        peft_model = get_peft_model(base_lm, lora, adapter_name=roles[0])
-        for role in roles[1:]:
-            peft_model.add_adapter(role, lora)
+        with _quiet_peft():
+            peft_model = get_peft_model(base_lm, lora, adapter_name=roles[0])
+            for role in roles[1:]:
+                peft_model.add_adapter(role, lora)
         peft_model.eval()
         return cls(peft_model, tokenizer, config, special, sums, source)
 
@@ -313,7 +324,8 @@ class ClaraModel:
         with self._lock:
             if role not in self.peft_model.peft_config:
                 first = next(iter(self.peft_model.peft_config.values()))
-                self.peft_model.add_adapter(role, first)
+                with _quiet_peft():
+                    self.peft_model.add_adapter(role, first)
                 self._active = None
             if init_from is not None:
                 src = self._resolve_role(init_from)
