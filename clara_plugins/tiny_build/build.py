@@ -13,7 +13,7 @@ import torch
 from clara_plugins.tiny import build_tiny_base, build_tiny_tokenizer
 from clara_plugins.tiny_build.config import BuildConfig
 from clara_plugins.tiny_build.data import Split, TrainData, make_split, tokenizer_texts, training_data, write_assets
-from clara_plugins.tiny_build.pretrain import load_stage0, run_stage0_phases, stage0_phases
+from clara_plugins.tiny_build.pretrain import Phase, load_stage0, run_stage0_phases, stage0_phases
 from clara_plugins.tiny_build.recipe import quick_check, save, train_clara, wrap_clara
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def build(config: BuildConfig) -> BuildResult:
     return result
 
 
-def prepare_base(config: BuildConfig, split: Split) -> tuple[torch.nn.Module, object, TrainData, list]:
+def prepare_base(config: BuildConfig, split: Split) -> tuple[torch.nn.Module, object, TrainData, list[Phase]]:
     """The base LM, its tokenizer, the training data and the stage-0 phases still to run: a fresh tokenizer and a
     randomly initialised base (every phase), or a saved base (``base_from``: phase 0b only)."""
     phases = stage0_phases(config)
