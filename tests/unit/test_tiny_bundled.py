@@ -106,15 +106,70 @@ def test_build_script_has_help():
     assert "stage 0" in out.stdout and "--quick" in out.stdout
 
 
-def test_build_script_copy_batches_weigh_only_the_repeat(monkeypatch):
-    import importlib.util
+def test_build_script_is_a_thin_command_line_over_the_library():
+    script = (REPO / "scripts" / "build_tiny_model.py").read_text(encoding="utf-8")
+    assert "from clara_plugins.tiny_build import BuildConfig, build" in script
+    assert (
+        "def " + "run_stage0" not in script and "def " + "train_clara" not in script
+    )  # the logic lives in the library
+
+
+def test_build_defaults_are_the_recipe_of_the_shipped_weights():
+    from clara_plugins.tiny_build import BuildConfig
+
+    config = BuildConfig(data="d.jsonl", out="tiny", assets_dir="assets", work_dir="runs")
+    assert config.data == Path("d.jsonl") and config.base_from is None
+    # docs/tiny-model.md: 1,000 stage-0 steps of about 2k tokens, 250 stage-1 steps of 8, 1,000 stage-J steps of 32
+    # at 1e-3 and temperature 0.05, 120 stage-2 steps on 3 chunks, no 0b/0c/R/3
+    recipe = (config.steps0c, config.steps0, config.steps0b, config.tokens0, config.lr0, config.max_docs0)
+    assert recipe == (0, 1000, 0, 2048, 2e-3, 5)
+    assert (config.steps1, config.batch, config.stepsJ, config.batchJ, config.lrJ, config.temperatureJ) == (
+        250,
+        8,
+        1000,
+        32,
+        1e-3,
+        0.05,
+    )
+    assert (config.steps2, config.stage2_docs, config.stepsR, config.steps3) == (120, 3, 0, 0)
+    assert (config.vocab, config.hidden, config.layers, config.doc_max_length, config.compr_rate) == (
+        4000,
+        192,
+        4,
+        256,
+        16,
+    )
+    quick = config.quick()
+    assert quick.steps0 == 6 and quick.stepsJ == 3 and quick.check_questions == 4 and config.steps0 == 1000
+
+
+def test_build_config_refuses_negative_steps():
+    from clara_plugins.errors import ConfigError
+    from clara_plugins.tiny_build import BuildConfig
+
+    with pytest.raises(ConfigError, match=r"stepsJ must be >= 0, got -1"):
+        BuildConfig(data="d.jsonl", out="tiny", assets_dir="assets", work_dir="runs", stepsJ=-1)
+
+
+def test_build_split_rewrites_the_bundled_demo_data_byte_for_byte(tmp_path):
+    from clara_plugins.tiny_build.data import make_split, write_assets
+
+    source = REPO.parent / "shared" / "data" / "clara_example" / "pretrain_data.jsonl"
+    if not source.is_file():
+        pytest.skip("shared example data not present")
+    split = make_split(source, seed=0, heldout_per_passage=2, heldout_passages=50)
+    write_assets(split, tmp_path)
+    for name in ("demo_corpus.jsonl", "demo_questions.jsonl"):
+        assert (tmp_path / name).read_bytes() == (ASSETS / name).read_bytes(), name
+    assert len(split.train_docs) == 950 and len(split.by_split("train")) == 5652
+
+
+def test_build_copy_batches_weigh_only_the_repeat():
     import random
 
-    spec = importlib.util.spec_from_file_location("build_tiny_model", REPO / "scripts" / "build_tiny_model.py")
-    build = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "build_tiny_model", build)  # its dataclasses look their module up there
-    spec.loader.exec_module(build)
-    batch, weights = build.copy_batch(random.Random(0), vocab=4000, bos=1, rows=16)
+    from clara_plugins.tiny_build.pretrain import copy_batch
+
+    batch, weights = copy_batch(random.Random(0), vocab=4000, bos=1, rows=16)
     assert weights.shape == batch["input_ids"].shape
     for ids, mask, w in zip(batch["input_ids"], batch["attention_mask"], weights, strict=True):
         row = ids[mask.bool()].tolist()
@@ -123,6 +178,27 @@ def test_build_script_copy_batches_weigh_only_the_repeat(monkeypatch):
         assert scored == list(range(len(row) - span + 1, len(row)))  # the repeat only, to the end of the row
         assert row[-span:] == row[-2 * span : -span]  # which is the span before it, token for token
         assert row[0] == 1 and 8 <= span <= 48
+
+
+def test_build_text_rag_batches_put_the_answer_weight_on_the_answer(bundled, corpus):
+    import random
+
+    from clara_plugins.tiny_build.data import TrainData
+    from clara_plugins.tiny_build.pretrain import stage0_batch
+    from clara_plugins.tokens import plain_ids
+
+    tok, answer = bundled.tokenizer, "the capital of France"
+    chunks, questions = [p["text"][:300] for p in corpus[:6]], [p["question"] for p in corpus[:6]]
+    data = TrainData(chunks, questions, [answer] * 6, list(range(6)), [list(range(6))] * 6)
+    batch, weights = stage0_batch(tok, data, random.Random(1), tokens=900, lm_share=0.0, max_docs=3, answer_weight=0.7)
+    answer_ids = [*plain_ids(tok, [answer])[0], tok.eos_token_id]
+    n = len(answer_ids)
+    assert weights.shape == batch["input_ids"].shape and len(weights) >= 2
+    for ids, w in zip(batch["input_ids"], weights, strict=True):
+        assert ids[-n:].tolist() == answer_ids  # every row ends with the answer and </s>
+        assert w.sum().item() == pytest.approx(1.0)  # each example weighs the same, whatever its length
+        assert w[-n:].sum().item() == pytest.approx(0.7)  # 70 % of it on the answer, spread evenly
+        assert torch.allclose(w[-n:], w[-1].expand(n))
 
 
 def test_clara_demo_answers_held_out_questions_with_sources(capsys, corpus, questions):
