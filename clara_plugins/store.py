@@ -16,6 +16,7 @@ Two layouts, chosen when the collection is created and recorded in its metadata 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -27,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from clara_plugins.errors import InputError, ModelMismatchError, StoreError
+from clara_plugins.store_checks import text_hash
+from clara_plugins.store_lock import FolderLock
 from clara_plugins.store_scan import ScanIndex
 from clara_plugins.store_sidecar import Projection, SidecarMemories, torch_float
 
@@ -143,10 +146,33 @@ def _open_client(path: str | Path | None) -> Any:
         return chromadb.PersistentClient(path=str(path))
     except (ChromaError, OSError, ValueError) as err:
         msg = (
-            f"cannot open the Chroma store in {str(path)!r} ({err}): the folder is damaged or was written by an "
-            "incompatible chromadb version; restore it from a backup or re-index into a new folder"
+            f"cannot open the Chroma store in {str(path)!r} ({err}). If a program outside clara-plugins is writing "
+            "this folder, retry when it has finished (several processes writing one store should use a Chroma "
+            "server: `chroma run --path DIR` and ClaraStore(client=chromadb.HttpClient(...))); otherwise the "
+            "folder's chroma.sqlite3 is damaged or was written by an incompatible chromadb version"
         )
         raise StoreError(msg) from err
+
+
+# per local folder: the write generation (store_lock) that this process's Chroma system has loaded
+_FOLDER_GEN: dict[str, str] = {}
+
+
+def _system_of(client: Any) -> Any:
+    """The shared chromadb System a client runs on (None for clients without one)."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    ident = getattr(client, "_identifier", None)
+    return SharedSystemClient._identifier_to_system.get(ident) if ident else None
+
+
+def _drop_system(client: Any) -> None:
+    """Stop the process-wide chromadb System of a local client, so the next client loads the folder afresh."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    system = SharedSystemClient._identifier_to_system.pop(getattr(client, "_identifier", ""), None)
+    if system is not None:
+        system.stop()
 
 
 def _client_folder(client: Any) -> Path | None:
@@ -178,6 +204,12 @@ class ClaraStore:
         memory_dtype: ``"float16"`` or ``"float32"`` rows of the sidecar file.
         layout: ``"auto"`` (default: ``"pca"`` for memories wider than ``full_max_dim`` on a local client, else
             ``"full"``), ``"full"`` or ``"pca"``, for a new collection; an existing one keeps its own.
+        verify: Check what is read against the checksums written with it (each memory and scan row's CRC-32, each
+            chunk text's content hash); damage raises ``StoreError`` naming the file and rows. Checksums are always
+            written; ``False`` only skips the checks on read (``bench/bench_store.py --part verify`` measures them).
+
+    On a local folder every write holds an inter-process lock (``store_lock``), so several processes may index
+    into one folder one batch at a time; a process reopens its Chroma client when another one wrote since.
     """
 
     def __init__(
@@ -192,13 +224,28 @@ class ClaraStore:
         candidates: int = 64,
         memory_dtype: str = "float16",
         layout: str = "auto",
+        verify: bool = True,
     ) -> None:
+        self._own_client = client is None
+        self._folder_lock: FolderLock | None = None
         if client is None:
-            client = _open_client(path)
+            if path is not None and Path(path).exists() and not Path(path).is_dir():
+                msg = f"store path {str(path)!r} is a file, not a folder"
+                raise StoreError(msg)
+            self._folder_lock = FolderLock(path) if path is not None else None
+            with self._folder_lock.hold() if self._folder_lock else contextlib.nullcontext():
+                client = _open_client(path)  # two processes creating one folder race in Chroma's migrations
+                if self._folder_lock:
+                    _FOLDER_GEN.setdefault(str(self._folder_lock.folder.resolve()), self._folder_lock.generation())
         self.client = client
+        self.verify = verify
         self.name = collection
         self.path = Path(path) if path is not None else _client_folder(client)
         self.local_folder = _client_folder(client)
+        if self._folder_lock is None and self.local_folder is not None:
+            self._folder_lock = FolderLock(self.local_folder)
+            _FOLDER_GEN.setdefault(str(self.local_folder.resolve()), self._folder_lock.generation())
+        self._system = _system_of(client)
         self.hnsw = {**DEFAULT_HNSW, **(hnsw or {})}
         self.full_max_dim, self.ann_dim, self.candidates = full_max_dim, ann_dim, candidates
         self.memory_dtype = memory_dtype
@@ -219,7 +266,46 @@ class ClaraStore:
         """Whether the collection exists."""
         return self._get_collection() is not None
 
+    @contextlib.contextmanager
+    def _writing(self, bump: bool = True) -> Iterator[None]:
+        """Hold this store's thread lock and the folder's inter-process lock, on a fresh Chroma view; ``bump``
+        records a write (other processes then reload their view)."""
+        lock = self._folder_lock
+        with self._lock, lock.hold() if lock else contextlib.nullcontext():
+            self._sync()
+            try:
+                yield
+            finally:
+                if lock is not None and bump:
+                    _FOLDER_GEN[str(lock.folder.resolve())] = lock.bump()
+
+    def _sync(self) -> None:
+        """Reload Chroma's view when another process wrote into the folder since this process loaded it."""
+        lock = self._folder_lock
+        if lock is None:
+            return
+        key = str(lock.folder.resolve())
+        if lock.generation() == _FOLDER_GEN.get(key) and _system_of(self.client) is self._system:
+            return
+        with self._lock, lock.hold():
+            gen = lock.generation()
+            if gen != _FOLDER_GEN.get(key):
+                if not self._own_client:
+                    msg = (
+                        f"another process wrote into {lock.folder} since this Chroma client opened it, so its view "
+                        "is stale: give ClaraStore a path instead of a client, or use a Chroma server for many writers"
+                    )
+                    raise StoreError(msg)
+                logger.info("another process wrote into %s: reloading Chroma's view of it", lock.folder)
+                _drop_system(self.client)
+                _FOLDER_GEN[key] = gen
+            if _system_of(self.client) is not self._system:
+                self.client = _open_client(lock.folder)
+                self._system = _system_of(self.client)
+                self._col, self._sidecar, self._scan, self._projection = None, None, None, None
+
     def _get_collection(self) -> Any:
+        self._sync()
         if self._col is None:
             from chromadb.errors import NotFoundError
 
@@ -269,8 +355,10 @@ class ClaraStore:
         with self._lock:
             col = self._get_collection()
             if col is None:
-                self._create(fingerprint, memory_dim, n_mem, hidden_size, source)
-                return
+                with self._writing():
+                    if self._get_collection() is None:  # another process may have created it meanwhile
+                        self._create(fingerprint, memory_dim, n_mem, hidden_size, source)
+                        return
             meta = self.meta
             if meta["clara_fingerprint"] != fingerprint:
                 msg = (
@@ -315,21 +403,50 @@ class ClaraStore:
             msg = f"store {self.name!r} keeps its memories in a local sidecar folder; open it with its path"
             raise StoreError(msg)
         folder = self.local_folder / "clara_memories" / str(self._col.id)
-        self._sidecar = SidecarMemories(folder, int(meta["clara_memory_dim"]), meta["clara_memory_dtype"])
-        self._sidecar.recover(self._referenced_end)
-        if (folder / "projection.next.npz").exists():  # a refit was cut short: finish it
-            with self._sidecar.write_lock():
-                self._apply_projection(self._col, Projection.load(folder / "projection.next.npz"))
-        if (folder / "projection.npz").exists():
-            self._open_scan(self._current_projection())
-        elif self._col.count() > 0:
-            msg = f"projection file missing from {folder}: the store is damaged; re-index into a new --db folder"
-            raise StoreError(msg)
+        with self._writing(bump=False):
+            self._sidecar = SidecarMemories(folder, int(meta["clara_memory_dim"]), meta["clara_memory_dtype"])
+            self._sidecar.verify = self.verify
+            self._sidecar.recover(self._referenced_end)
+            augment = int(meta.get("clara_format", 1)) >= 2
+            nxt = folder / "projection.next.npz"
+            if nxt.exists():  # a refit was cut short: finish it (or redo it when its file is damaged)
+                proj = self._load_projection(nxt)
+                with self._writing(), self._sidecar.write_lock():
+                    if proj is not None:
+                        self._apply_projection(self._col, proj)
+                    else:
+                        nxt.unlink()
+                        self._refit(self._col, augment=augment)
+            if not self._projection_readable(folder / "projection.npz") and self._sidecar.committed > 0:
+                logger.warning("projection file of %s is missing or damaged: refitting it from the memories", folder)
+                with self._writing(), self._sidecar.write_lock():
+                    self._refit(self._col, augment=augment)
+            if (folder / "projection.npz").exists():
+                try:
+                    self._open_scan(self._current_projection())
+                except StoreError as err:  # damaged scan rows: searches raise it; verify/repair can still open
+                    logger.error("%s", err)
+
+    @staticmethod
+    def _projection_readable(path: Path) -> bool:
+        try:
+            Projection.load(path)
+        except (StoreError, OSError):
+            return False
+        return True
+
+    @staticmethod
+    def _load_projection(path: Path) -> Projection | None:
+        try:
+            return Projection.load(path)
+        except StoreError:
+            return None
 
     def _open_scan(self, projection: Projection) -> None:
         """Open the exact-scan index, cutting rows of an unfinished batch or rebuilding it when it is stale."""
         assert self._sidecar is not None
         scan = ScanIndex(self._sidecar.folder, projection.basis.shape[1])
+        scan.verify = self.verify
         with self._sidecar.write_lock():
             committed = self._sidecar.refresh_committed()  # another process may have committed rows since we opened
             if scan.usable(committed, projection.key):
@@ -367,12 +484,13 @@ class ClaraStore:
             self._projection, self._projection_mtime = Projection.load(path), mtime
         return self._projection
 
-    def _refit(self, col: Any) -> None:
+    def _refit(self, col: Any, augment: bool | None = None) -> None:
         """Fit the projection again on a sample of all stored memories and re-project every record."""
         assert self._sidecar is not None
         n = self._sidecar.committed
         rows = np.sort(np.random.default_rng(0).choice(n, size=min(n, REFIT_MAX_ROWS), replace=False))
-        proj = Projection.fit(self._sidecar.read(rows), self.ann_dim, augment=self._current_projection().augment)
+        augment = self._current_projection().augment if augment is None else augment
+        proj = Projection.fit(self._sidecar.read(rows), int(col.metadata["clara_ann_dim"]), augment=augment)
         proj.save(self._sidecar.folder / "projection.next.npz")
         self._apply_projection(col, proj)
 
@@ -390,6 +508,7 @@ class ClaraStore:
         os.replace(folder / "projection.next.npz", folder / "projection.npz")
         self._current_projection()
         scan = self._scan or ScanIndex(self._sidecar.folder, proj.basis.shape[1])
+        scan.verify = self.verify
         self._rebuild_scan(scan, proj, ids_by_row)
         self._scan = scan
         logger.info("re-projected %d chunks on a projection fitted to %d", len(ids_by_row), proj.fit_rows)
@@ -400,6 +519,19 @@ class ClaraStore:
         return max(rows) + 1 if rows else committed
 
     # ------------------------------------------------------------------ reading
+    def _hit(self, cid: str, text: str | None, meta: dict[str, Any] | None, score: float) -> Hit:
+        """A Hit from a Chroma record, its text checked against the record's content hash (when ``verify``)."""
+        expected = (meta or {}).get("clara_hash")
+        if self.verify and text is not None and expected is not None and text_hash(text) != expected:
+            where = self.local_folder / "chroma.sqlite3" if self.local_folder else f"collection {self.name!r}"
+            msg = (
+                f"store file {where} is damaged: the text of chunk {cid!r} does not match its content hash "
+                f"({expected}); it was changed outside the store, so it is not served. Re-index its document "
+                f"({(meta or {}).get('clara_doc')!r}) or restore a backup; `clara check --db DIR` lists all such chunks"
+            )
+            raise StoreError(msg)
+        return _hit(cid, text, meta, score)
+
     def count(self) -> int:
         """Number of stored chunks."""
         return int(self._collection().count())
@@ -425,7 +557,7 @@ class ClaraStore:
         for start in range(0, len(uniq), 500):
             res = col.get(where={"clara_hash": {"$in": uniq[start : start + 500]}}, include=["metadatas", "documents"])
             for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"] or []):
-                found.setdefault(meta["clara_hash"], _hit(cid, doc, meta, 0.0))
+                found.setdefault(meta["clara_hash"], self._hit(cid, doc, meta, 0.0))
         return found
 
     def memories_by_hash(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
@@ -474,7 +606,7 @@ class ClaraStore:
         for start in range(0, len(ids), _GET_BATCH):
             res = self._collection().get(ids=ids[start : start + _GET_BATCH], include=["documents", "metadatas"])
             out.update(
-                (cid, _hit(cid, doc, meta, 0.0))
+                (cid, self._hit(cid, doc, meta, 0.0))
                 for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"])
             )
         return out
@@ -491,7 +623,7 @@ class ClaraStore:
             include = ["documents", "metadatas", "distances"]
             res = col.query(query_embeddings=q, n_results=k, where=where, include=include)
             return [
-                [_hit(cid, doc, meta, 1.0 - float(d)) for cid, doc, meta, d in zip(*cols)]
+                [self._hit(cid, doc, meta, 1.0 - float(d)) for cid, doc, meta, d in zip(*cols)]
                 for cols in zip(res["ids"], res["documents"], res["metadatas"], res["distances"])
             ]
         return self._search_pca(col, q, k, where)
@@ -529,7 +661,7 @@ class ClaraStore:
             got = col.get(ids=list(dict.fromkeys(wanted)), include=["documents"])
             texts = dict(zip(got["ids"], got["documents"]))
         return [
-            [_hit(cid, text if text is not None else texts.get(cid, ""), meta, score) for cid, meta, text, score in row]
+            [self._hit(cid, texts.get(cid) if text is None else text, meta, score) for cid, meta, text, score in row]
             for row in ranked
         ]
 
@@ -572,8 +704,13 @@ class ClaraStore:
         written to the sidecar file before the Chroma records that point at them.
         """
         mems = np.asarray(memories, dtype=np.float32).reshape(len(records), -1)
+        for rec in records:
+            if rec.hash != text_hash(rec.text):
+                msg = f"record {rec.id!r}: hash {rec.hash!r} is not text_hash(text) {text_hash(rec.text)!r}"
+                raise InputError(msg)
         col = self._collection()
-        with self._lock:
+        with self._writing():
+            col = self._collection()
             for start in range(0, len(records), self.max_batch):
                 recs, batch = records[start : start + self.max_batch], mems[start : start + self.max_batch]
                 if self._sidecar is None:
@@ -616,7 +753,8 @@ class ClaraStore:
         In the ``"pca"`` layout the sidecar rows stay (append-only); they are no longer referenced.
         """
         col = self._collection()
-        with self._lock:
+        with self._writing():
+            col = self._collection()
             if ids:
                 for start in range(0, len(ids), self.max_batch):
                     col.delete(ids=list(ids[start : start + self.max_batch]))

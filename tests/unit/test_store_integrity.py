@@ -1,0 +1,172 @@
+"""Fault injection on a real embedded Chroma store: damaged bytes raise StoreError (never other results), derived
+files heal, stores from before checksums still open."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import numpy as np
+import pytest
+
+from clara_plugins.errors import StoreError
+from clara_plugins.store import ChunkRecord, ClaraStore
+from clara_plugins.store_checks import text_hash
+
+DIM, N = 256, 300
+
+
+def _records(n: int) -> list[ChunkRecord]:
+    texts = [f"passage number {i} about topic {i % 7}" for i in range(n)]
+    return [
+        ChunkRecord(f"d{i}#0", t, f"d{i}", 0, len(t), 0, 1, text_hash(t), text_hash(t)) for i, t in enumerate(texts)
+    ]
+
+
+def _vectors(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((16, DIM)).astype(np.float32)
+    return rng.standard_normal((n, 16)).astype(np.float32) @ basis + 0.1 * rng.standard_normal((n, DIM)).astype(
+        np.float32
+    )
+
+
+def _open(path, **kw) -> ClaraStore:
+    store = ClaraStore(path=path, layout="pca", ann_dim=32, **kw)
+    store.bind("fp-a", DIM, 4, 64, "model-a")
+    return store
+
+
+@pytest.fixture
+def built(tmp_path):
+    """``(path, memories, queries, results)``: a pca store of 300 chunks and the top-5 ids of 6 questions."""
+    path = tmp_path / "db"
+    x = _vectors(N)
+    store = _open(path)
+    store.add(_records(N), x)
+    queries = x[[3, 50, 120, 199, 250, 299]] + 0.05 * _vectors(6, seed=1)
+    results = [[h.id for h in row] for row in store.search(queries, 5)]
+    return path, x, queries, results
+
+
+def _folder(path) -> object:
+    return next((path / "clara_memories").iterdir())
+
+
+def _ids(store: ClaraStore, queries: np.ndarray, where=None) -> list[list[str]]:
+    return [[h.id for h in row] for row in store.search(queries, 5, where=where)]
+
+
+def _rows_of(store: ClaraStore, ids: list[str]) -> list[int]:
+    got = store.client.get_collection("clara").get(ids=ids, include=["metadatas"])
+    by_id = {cid: int(m["clara_row"]) for cid, m in zip(got["ids"], got["metadatas"])}
+    return [by_id[i] for i in ids]
+
+
+def test_reopened_store_gives_the_same_results(built):
+    path, _, queries, results = built
+    assert _ids(ClaraStore(path=path), queries) == results
+
+
+def test_overwritten_memory_rows_raise_naming_file_and_rows(built):
+    path, x, queries, results = built
+    store = ClaraStore(path=path)
+    top = sorted({cid for row in results for cid in row[:2]})
+    rows = _rows_of(store, top)
+    data = np.memmap(_folder(path) / "memories.bin", dtype=np.float16, mode="r+", shape=(N, DIM))
+    data[rows] = np.asarray(x[: len(rows)] * 0.5, dtype=np.float16)  # other finite values
+    data.flush()
+    del data
+    for fresh in (store, ClaraStore(path=path)):  # the open store and a reopened one
+        with pytest.raises(StoreError, match=r"memories\.bin.*rows") as err:
+            fresh.search(queries, 5)
+        assert str(min(rows)) in str(err.value)
+        with pytest.raises(StoreError, match="memories.bin"):
+            fresh.get_memories(top)
+    # with verification off the damage goes through: the check is what stops it
+    assert _ids(ClaraStore(path=path, verify=False), queries) != results
+
+
+def test_random_bytes_in_scan_vectors_raise(built):
+    path, _, queries, _ = built
+    scan = _folder(path) / "scan_vectors.bin"
+    size = scan.stat().st_size
+    scan.write_bytes(np.random.default_rng(5).integers(0, 256, size, dtype=np.uint8).tobytes())
+    store = ClaraStore(path=path)
+    assert store.count() == N  # the store still opens (for clara check --repair)
+    with pytest.raises(StoreError, match=r"scan_vectors\.bin"):
+        store.search(queries, 5)
+
+
+def test_altered_chunk_text_in_sqlite_raises(built):
+    path, _, queries, results = built
+    victim = results[0][0]
+    store = ClaraStore(path=path)
+    del store
+    con = sqlite3.connect(path / "chroma.sqlite3")
+    (emb_id,) = con.execute("SELECT id FROM embeddings WHERE embedding_id = ?", (victim,)).fetchone()
+    (text,) = con.execute(
+        "SELECT string_value FROM embedding_metadata WHERE id = ? AND key = 'chroma:document'", (emb_id,)
+    ).fetchone()
+    con.execute(
+        "UPDATE embedding_metadata SET string_value = ? WHERE id = ? AND key = 'chroma:document'",
+        (text[:5] + text[5:45][::-1] + text[45:], emb_id),
+    )
+    con.commit()
+    con.close()
+    store = ClaraStore(path=path)
+    with pytest.raises(StoreError, match=rf"chroma\.sqlite3.*{victim}"):
+        store.search(queries[:1], 5)
+    with pytest.raises(StoreError, match="content hash"):
+        store.get_records([victim])
+
+
+@pytest.mark.parametrize("damage", ["delete", "garble", "truncate"])
+@pytest.mark.parametrize("name", ["scan_ids.jsonl", "scan_vectors.bin", "scan_vectors.crc", "scan.json"])
+def test_damaged_derived_scan_files_are_rebuilt(built, name, damage):
+    path, _, queries, results = built
+    target = _folder(path) / name
+    if damage == "delete":
+        target.unlink()
+    elif damage == "truncate":
+        os.truncate(target, target.stat().st_size // 2)
+    elif name != "scan_vectors.bin":  # garbled vectors are damage, not loss: tested above
+        target.write_bytes(b"\xff\xfe garbage \x00" * 10)
+    else:
+        pytest.skip("random bytes in scan_vectors.bin raise (test_random_bytes_in_scan_vectors_raise)")
+    assert _ids(ClaraStore(path=path), queries) == results
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_damaged_projection_is_refitted(built, damage):
+    path, x, queries, _ = built
+    target = _folder(path) / "projection.npz"
+    target.unlink() if damage == "delete" else os.truncate(target, target.stat().st_size // 3)
+    store = ClaraStore(path=path)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for q, row in zip(queries, store.search(queries, 5)):
+        exact = [f"d{i}#0" for i in np.argsort(-(xn @ (q / np.linalg.norm(q))))[:5]]
+        assert [h.id for h in row] == exact
+    # filtered searches (HNSW over the re-projected records) still find every record
+    assert [h.id for h in store.search(x[7:8], 1, where={"clara_doc": "d7"})[0]] == ["d7#0"]
+
+
+def test_store_without_checksums_still_opens_and_gets_them(built):
+    path, _, queries, results = built
+    folder = _folder(path)
+    (folder / "memories.crc").unlink()
+    (folder / "scan_vectors.crc").unlink()
+    assert _ids(ClaraStore(path=path), queries) == results
+    assert (folder / "memories.crc").stat().st_size == 4 * N
+    assert (folder / "scan_vectors.crc").stat().st_size == 4 * N
+
+
+def test_add_refuses_a_record_whose_hash_is_not_its_text_hash(tmp_path):
+    from clara_plugins.errors import InputError
+
+    store = _open(tmp_path / "db")
+    rec = _records(1)[0]
+    rec.hash = "not-the-hash"
+    with pytest.raises(InputError, match="text_hash"):
+        store.add([rec], _vectors(1))
+    assert store.count() == 0
