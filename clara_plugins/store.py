@@ -238,7 +238,7 @@ class ClaraStore:
                 if self._folder_lock:
                     _FOLDER_GEN.setdefault(str(self._folder_lock.folder.resolve()), self._folder_lock.generation())
         self.client = client
-        self.verify = verify
+        self.verify_reads = verify
         self.name = collection
         self.path = Path(path) if path is not None else _client_folder(client)
         self.local_folder = _client_folder(client)
@@ -405,7 +405,7 @@ class ClaraStore:
         folder = self.local_folder / "clara_memories" / str(self._col.id)
         with self._writing(bump=False):
             self._sidecar = SidecarMemories(folder, int(meta["clara_memory_dim"]), meta["clara_memory_dtype"])
-            self._sidecar.verify = self.verify
+            self._sidecar.verify = self.verify_reads
             self._sidecar.recover(self._referenced_end)
             augment = int(meta.get("clara_format", 1)) >= 2
             nxt = folder / "projection.next.npz"
@@ -446,7 +446,7 @@ class ClaraStore:
         """Open the exact-scan index, cutting rows of an unfinished batch or rebuilding it when it is stale."""
         assert self._sidecar is not None
         scan = ScanIndex(self._sidecar.folder, projection.basis.shape[1])
-        scan.verify = self.verify
+        scan.verify = self.verify_reads
         with self._sidecar.write_lock():
             committed = self._sidecar.refresh_committed()  # another process may have committed rows since we opened
             if scan.usable(committed, projection.key):
@@ -508,7 +508,7 @@ class ClaraStore:
         os.replace(folder / "projection.next.npz", folder / "projection.npz")
         self._current_projection()
         scan = self._scan or ScanIndex(self._sidecar.folder, proj.basis.shape[1])
-        scan.verify = self.verify
+        scan.verify = self.verify_reads
         self._rebuild_scan(scan, proj, ids_by_row)
         self._scan = scan
         logger.info("re-projected %d chunks on a projection fitted to %d", len(ids_by_row), proj.fit_rows)
@@ -522,7 +522,7 @@ class ClaraStore:
     def _hit(self, cid: str, text: str | None, meta: dict[str, Any] | None, score: float) -> Hit:
         """A Hit from a Chroma record, its text checked against the record's content hash (when ``verify``)."""
         expected = (meta or {}).get("clara_hash")
-        if self.verify and text is not None and expected is not None and text_hash(text) != expected:
+        if self.verify_reads and text is not None and expected is not None and text_hash(text) != expected:
             where = self.local_folder / "chroma.sqlite3" if self.local_folder else f"collection {self.name!r}"
             msg = (
                 f"store file {where} is damaged: the text of chunk {cid!r} does not match its content hash "
@@ -761,6 +761,22 @@ class ClaraStore:
             docs = list(doc_ids or [])
             for start in range(0, len(docs), 500):
                 col.delete(where={"clara_doc": {"$in": docs[start : start + 500]}})
+
+    # ------------------------------------------------------------------ checking
+    def verify(self, repair: bool = False) -> Any:
+        """Check every record: its text against its content hash, its memory row against its CRC, its row of the
+        exact scan, and that a ``where`` search on its document finds it through Chroma's HNSW index.
+
+        Args:
+            repair: Rebuild what is derived (the scan files; records HNSW lost are deleted and added again with the
+                same id, text, metadata and vector). Damaged texts and memories are reported, never rewritten.
+
+        Returns:
+            A ``store_verify.VerifyReport`` (``.ok``, ``.lines()``).
+        """
+        from clara_plugins.store_verify import verify_store
+
+        return verify_store(self, repair=repair)
 
     # ------------------------------------------------------------------ info
     def info(self) -> StoreInfo:

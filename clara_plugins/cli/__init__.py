@@ -16,6 +16,7 @@ _COMMAND_MODULES = [
     "clara_plugins.cli.convert",
     "clara_plugins.cli.store_commands",
     "clara_plugins.cli.train_commands",
+    "clara_plugins.cli.check_command",
 ]
 
 

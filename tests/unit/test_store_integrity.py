@@ -170,3 +170,45 @@ def test_add_refuses_a_record_whose_hash_is_not_its_text_hash(tmp_path):
     with pytest.raises(InputError, match="text_hash"):
         store.add([rec], _vectors(1))
     assert store.count() == 0
+
+
+def test_verify_reports_a_clean_store_ok(built):
+    path, *_ = built
+    report = ClaraStore(path=path).verify()
+    assert report.ok and report.records == N and report.documents == N, report.lines()
+
+
+def test_verify_finds_damaged_memory_and_text_and_repairs_the_scan(built):
+    path, x, queries, results = built
+    folder = _folder(path)
+    data = np.memmap(folder / "memories.bin", dtype=np.float16, mode="r+", shape=(N, DIM))
+    data[[10, 11]] = np.asarray(x[[20, 21]], dtype=np.float16)
+    data.flush()
+    del data
+    report = ClaraStore(path=path).verify()
+    assert sorted(report.bad_memories) == ["d10#0", "d11#0"] and not report.ok
+    scan = folder / "scan_vectors.bin"
+    scan.write_bytes(np.random.default_rng(5).integers(0, 256, scan.stat().st_size, dtype=np.uint8).tobytes())
+    data = np.memmap(folder / "memories.bin", dtype=np.float16, mode="r+", shape=(N, DIM))
+    data[[10, 11]] = np.asarray(x[[10, 11]], dtype=np.float16)  # the original bytes back
+    data.flush()
+    del data
+    store = ClaraStore(path=path)
+    assert store.verify().scan_problems
+    repaired = store.verify(repair=True)
+    assert repaired.ok and repaired.repaired, repaired.lines()
+    assert _ids(ClaraStore(path=path), queries) == results
+
+
+def test_check_cli_exit_codes(built, capsys):
+    from clara_plugins.cli import main
+
+    path, *_ = built
+    assert main(["check", "--db", str(path)]) == 0
+    assert "OK" in capsys.readouterr().out
+    scan = _folder(path) / "scan_vectors.bin"
+    scan.write_bytes(np.random.default_rng(5).integers(0, 256, scan.stat().st_size, dtype=np.uint8).tobytes())
+    assert main(["check", "--db", str(path)]) == 1
+    assert "scan_vectors.bin" in capsys.readouterr().out
+    assert main(["check", "--db", str(path), "--repair"]) == 0
+    assert main(["check", "--db", str(path)]) == 0
