@@ -307,8 +307,14 @@ class ClaraStore:
     def _get_collection(self) -> Any:
         self._sync()
         if self._col is None:
-            from chromadb.errors import NotFoundError
+            with self._writing(bump=False):  # no other process writes while this one loads the layout
+                return self._load_collection()
+        return self._col
 
+    def _load_collection(self) -> Any:
+        from chromadb.errors import NotFoundError
+
+        if self._col is None:
             try:
                 self._col = self.client.get_collection(self.name)
             except (NotFoundError, ValueError):
@@ -328,7 +334,8 @@ class ClaraStore:
     @property
     def meta(self) -> dict[str, Any]:
         """The collection's metadata (model fingerprint, layout, widths)."""
-        return dict(self._collection().metadata or {})
+        col = self._col if self._col is not None else self._collection()  # no reload in the middle of an operation
+        return dict(col.metadata or {})
 
     @property
     def mode(self) -> str:
