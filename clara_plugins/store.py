@@ -374,6 +374,11 @@ class ClaraStore:
                     f"(fingerprint {fingerprint[:16]}); "
                     "open it with its own model (clara ask/search use it by default) or index into a new folder"
                 )
+                if "clara_fp_base" not in meta:
+                    msg += (
+                        "; this store was built before fingerprints covered the base weights (clara-plugins 0.x), "
+                        "so its fingerprint differs even for the same model: re-index it into a new folder"
+                    )
                 raise ModelMismatchError(msg)
 
     def _create(self, fingerprint: str, memory_dim: int, n_mem: int, hidden_size: int, source: str | None) -> None:
@@ -393,6 +398,7 @@ class ClaraStore:
             "clara_memory_dtype": self.memory_dtype,
             "clara_ann_dim": self.ann_dim if mode == "pca" else memory_dim,
             "clara_candidates": self.candidates,
+            "clara_fp_base": 1,  # the fingerprint covers the base weights (v2)
         }
         config = {"hnsw": {"space": "cosine", **self.hnsw}}
         self._col = self.client.get_or_create_collection(
