@@ -39,6 +39,7 @@ class FolderLock:
         self._mutex = threading.RLock()
         self._depth = 0
         self._handle = None
+        self._gen, self._gen_key = "", None
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
@@ -75,11 +76,16 @@ class FolderLock:
             self._handle = None
 
     def generation(self) -> str:
-        """The token of the last write ("" before any)."""
+        """The token of the last write ("" before any); a ``stat`` per call, the file is read when it changed."""
+        path = self.folder / GEN_FILE
         try:
-            return (self.folder / GEN_FILE).read_text().strip()
+            st = path.stat()
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if key != self._gen_key:
+                self._gen, self._gen_key = path.read_text().strip(), key
         except OSError:
             return ""
+        return self._gen
 
     def bump(self) -> str:
         """Record a new write (call while holding the lock); returns the new token."""
