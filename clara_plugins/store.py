@@ -17,10 +17,11 @@ Two layouts, chosen when the collection is created and recorded in its metadata 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,27 @@ def _open_client(path: str | Path | None) -> Any:
         raise StoreError(msg) from err
 
 
+def _chroma_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn chromadb's own errors inside a store method into a StoreError naming the folder."""
+
+    @functools.wraps(method)
+    def wrapper(self: ClaraStore, *args: Any, **kwargs: Any) -> Any:
+        from chromadb.errors import ChromaError
+
+        try:
+            return method(self, *args, **kwargs)
+        except ChromaError as err:
+            where = self.local_folder or f"collection {self.name!r}"
+            msg = (
+                f"Chroma failed in {method.__name__} on the store in {where}: {type(err).__name__}: {err}. "
+                "Its database (chroma.sqlite3) or index files may be damaged: run `clara check --db DIR`, and restore "
+                "a backup or re-index if it cannot be repaired"
+            )
+            raise StoreError(msg) from err
+
+    return wrapper
+
+
 # per local folder: the write generation (store_lock) that this process's Chroma system has loaded
 _FOLDER_GEN: dict[str, str] = {}
 
@@ -262,6 +284,7 @@ class ClaraStore:
         self._projection_mtime = 0
 
     # ------------------------------------------------------------------ collection
+    @_chroma_errors
     def exists(self) -> bool:
         """Whether the collection exists."""
         return self._get_collection() is not None
@@ -353,6 +376,7 @@ class ClaraStore:
             self._col = None
             raise StoreError(msg)
 
+    @_chroma_errors
     def bind(self, fingerprint: str, memory_dim: int, n_mem: int, hidden_size: int, source: str | None) -> None:
         """Create the collection for a model, or check that the existing one was built by the same model.
 
@@ -545,10 +569,12 @@ class ClaraStore:
             raise StoreError(msg)
         return _hit(cid, text, meta, score)
 
+    @_chroma_errors
     def count(self) -> int:
         """Number of stored chunks."""
         return int(self._collection().count())
 
+    @_chroma_errors
     def doc_status(self, doc_ids: Sequence[str]) -> dict[str, tuple[str, int, int]]:
         """Per stored document id: ``(doc_hash, n_chunks expected, chunks present)``."""
         out: dict[str, tuple[str, int, int]] = {}
@@ -562,6 +588,7 @@ class ClaraStore:
                 out[doc] = (meta["clara_dochash"], int(meta["clara_n"]), present + 1)
         return out
 
+    @_chroma_errors
     def records_by_hash(self, hashes: Sequence[str]) -> dict[str, Hit]:
         """A stored chunk (score 0) per content hash among ``hashes`` that is in the store."""
         col = self._collection()
@@ -581,6 +608,7 @@ class ClaraStore:
         mems = self.get_memories([hit.id for hit in found.values()])
         return {h: mems[i] for i, h in enumerate(found)}
 
+    @_chroma_errors
     def find_memories(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Flattened float32 memories of the stored chunks among ``ids`` (ids not stored are left out)."""
         col = self._collection()
@@ -613,6 +641,7 @@ class ClaraStore:
             return np.zeros((0, int(self.meta["clara_memory_dim"])), dtype=np.float32)
         return np.stack([found[cid] for cid in ids])
 
+    @_chroma_errors
     def get_records(self, ids: Sequence[str]) -> dict[str, Hit]:
         """Stored chunks by id (score 0); ids not stored are left out."""
         ids, out = list(ids), {}
@@ -624,6 +653,7 @@ class ClaraStore:
             )
         return out
 
+    @_chroma_errors
     def search(self, queries: np.ndarray, k: int, where: dict[str, Any] | None = None) -> list[list[Hit]]:
         """Top ``k`` chunks per query vector ``[B, memory_dim]``, best first, scored by exact CLaRa cosine."""
         col = self._collection()
@@ -635,6 +665,7 @@ class ClaraStore:
         if self._sidecar is None:
             include = ["documents", "metadatas", "distances"]
             res = col.query(query_embeddings=q, n_results=k, where=where, include=include)
+            self._check_filtered(col, res["ids"], k, where)
             return [
                 [self._hit(cid, doc, meta, 1.0 - float(d)) for cid, doc, meta, d in zip(*cols)]
                 for cols in zip(res["ids"], res["documents"], res["metadatas"], res["distances"])
@@ -707,9 +738,27 @@ class ClaraStore:
     ) -> list[list]:
         """Per question ``(id, metadata, None)`` of Chroma's HNSW top candidates over the projections."""
         res = col.query(query_embeddings=projection.queries(q), n_results=n_cand, where=where, include=["metadatas"])
+        self._check_filtered(col, res["ids"], n_cand, where)
         return [[(c, meta, None) for c, meta in zip(ids, metas)] for ids, metas in zip(res["ids"], res["metadatas"])]
 
+    def _check_filtered(self, col: Any, found: list[list[str]], n: int, where: dict | None) -> None:
+        """A ``where`` search that returned fewer than ``n`` ids must have returned every matching record: one
+        ``get`` (SQLite, not HNSW) tells whether Chroma's HNSW index lost some, instead of silently missing them."""
+        short = [ids for ids in found if len(ids) < n]
+        if where is None or not short:
+            return
+        matching = set(col.get(where=where, limit=n, include=[])["ids"])
+        lost = sorted({cid for ids in short for cid in matching - set(ids)})
+        if lost:
+            msg = (
+                f"Chroma's HNSW index of the store in {self.local_folder or self.name!r} lost {len(lost)} record(s) "
+                f"matching {where} (e.g. {lost[:3]}): a filtered search would miss them; run `clara check --db DIR "
+                "--repair` to put them back"
+            )
+            raise StoreError(msg)
+
     # ------------------------------------------------------------------ writing
+    @_chroma_errors
     def add(self, records: Sequence[ChunkRecord], memories: np.ndarray) -> None:
         """Store chunks with their flattened memories ``[N, memory_dim]`` (ids must be new or are overwritten).
 
@@ -760,6 +809,7 @@ class ClaraStore:
             if projection.fit_rows < min(REFIT_MAX_ROWS, sidecar.committed // 2):
                 self._refit(col)
 
+    @_chroma_errors
     def delete(self, ids: Sequence[str] | None = None, doc_ids: Sequence[str] | None = None) -> None:
         """Delete chunks by chunk id and/or every chunk of the given document ids.
 
@@ -776,6 +826,7 @@ class ClaraStore:
                 col.delete(where={"clara_doc": {"$in": docs[start : start + 500]}})
 
     # ------------------------------------------------------------------ checking
+    @_chroma_errors
     def verify(self, repair: bool = False) -> Any:
         """Check every record: its text against its content hash, its memory row against its CRC, its row of the
         exact scan, and that a ``where`` search on its document finds it through Chroma's HNSW index.
@@ -792,6 +843,7 @@ class ClaraStore:
         return verify_store(self, repair=repair)
 
     # ------------------------------------------------------------------ info
+    @_chroma_errors
     def info(self) -> StoreInfo:
         """Counts, model and layout of the store."""
         col = self._collection()

@@ -131,18 +131,28 @@ def _hnsw_missing(store: ClaraStore, col: Any, records: dict[str, tuple[dict, st
     return missing
 
 
-def _readd(store: ClaraStore, col: Any, ids: list[str], records: dict[str, tuple[dict, str | None]]) -> int:
-    """Delete and add again records that HNSW lost, with the same id, text, metadata and vector."""
+def _readd(store: ClaraStore, col: Any, ids: list[str], records: dict[str, tuple[dict, str | None]]) -> str:
+    """Put records that HNSW lost back: deleted, then added again with the same id, text, metadata and vector.
+
+    Only the pca layout can: its vectors are projections of the sidecar memories. In the full layout the vector *is*
+    the memory and Chroma kept it only in the lost HNSW entry, so those records are deleted: their documents are then
+    incomplete and the next ``index`` of them compresses them again.
+    """
+    for start in range(0, len(ids), 1000):
+        part = ids[start : start + 1000]
+        col.delete(ids=part)
+        if store._sidecar is not None:
+            rows = [int(records[c][0]["clara_row"]) for c in part]
+            vectors = store._current_projection().docs(store._sidecar.read(rows))
+            metas, texts = [records[c][0] for c in part], [records[c][1] for c in part]
+            col.add(ids=part, embeddings=vectors, documents=texts, metadatas=metas)
     if store._sidecar is not None:
-        rows = [int(records[c][0]["clara_row"]) for c in ids]
-        vectors = store._current_projection().docs(store._sidecar.read(rows))
-    else:
-        got = col.get(ids=ids, include=["embeddings"])
-        order = {cid: i for i, cid in enumerate(got["ids"])}
-        vectors = np.asarray([got["embeddings"][order[c]] for c in ids], dtype=np.float32)
-    col.delete(ids=ids)
-    col.add(ids=ids, embeddings=vectors, documents=[records[c][1] for c in ids], metadatas=[records[c][0] for c in ids])
-    return len(ids)
+        return f"put {len(ids)} chunk(s) back into Chroma's HNSW index"
+    docs = sorted({str(records[c][0]["clara_doc"]) for c in ids})
+    return (
+        f"deleted {len(ids)} chunk(s) whose vectors Chroma's HNSW index lost (full layout: the vector is the memory); "
+        f"run `clara index` again on their {len(docs)} document(s) to restore them: {docs[:10]}"
+    )
 
 
 def verify_store(store: ClaraStore, repair: bool = False) -> VerifyReport:
@@ -173,6 +183,7 @@ def _repair(store: ClaraStore, col: Any, records: dict[str, tuple[dict, str | No
             report.scan_problems = _check_scan(store, records)
         lost = [c for c in report.not_in_hnsw if c not in set(report.bad_memories) | set(report.bad_texts)]
         if lost:
-            _readd(store, col, lost, records)
-            report.repaired.append(f"put {len(lost)} chunk(s) back into Chroma's HNSW index")
+            report.repaired.append(_readd(store, col, lost, records))
+            if store._sidecar is None:
+                records = {c: r for c, r in records.items() if c not in set(lost)}
             report.not_in_hnsw = _hnsw_missing(store, col, records)
