@@ -83,6 +83,9 @@ def test_overwritten_memory_rows_raise_naming_file_and_rows(built):
         assert str(min(rows)) in str(err.value)
         with pytest.raises(StoreError, match="memories.bin"):
             fresh.get_memories(top)
+    after = ClaraStore(path=path)
+    assert after.count() == N and set(after.get_records([f"d{i}#0" for i in range(N)])) == {f"d{i}#0" for i in range(N)}
+    assert (_folder(path) / "memories.bin").stat().st_size == N * DIM * 2  # nothing rewritten or cut
     # with verification off the damage goes through: the check is what stops it
     assert _ids(ClaraStore(path=path, verify=False), queries) != results
 
@@ -119,6 +122,9 @@ def test_altered_chunk_text_in_sqlite_raises(built):
         store.search(queries[:1], 5)
     with pytest.raises(StoreError, match="content hash"):
         store.get_records([victim])
+    others = [f"d{i}#0" for i in range(N) if f"d{i}#0" != victim]
+    assert store.count() == N and len(store.get_records(others)) == N - 1  # the rest is served, nothing removed
+    assert [cid for cid in ClaraStore(path=path).verify().bad_texts] == [victim]
 
 
 @pytest.mark.parametrize("damage", ["delete", "garble", "truncate"])
