@@ -665,7 +665,7 @@ class ClaraStore:
         if self._sidecar is None:
             include = ["documents", "metadatas", "distances"]
             res = col.query(query_embeddings=q, n_results=k, where=where, include=include)
-            self._check_filtered(col, res["ids"], k, where)
+            self._complete_filtered(col, q, res, k, where)
             return [
                 [self._hit(cid, doc, meta, 1.0 - float(d)) for cid, doc, meta, d in zip(*cols)]
                 for cols in zip(res["ids"], res["documents"], res["metadatas"], res["distances"])
@@ -737,25 +737,49 @@ class ClaraStore:
         self, col: Any, q: np.ndarray, projection: Projection, n_cand: int, where: dict | None
     ) -> list[list]:
         """Per question ``(id, metadata, None)`` of Chroma's HNSW top candidates over the projections."""
-        res = col.query(query_embeddings=projection.queries(q), n_results=n_cand, where=where, include=["metadatas"])
-        self._check_filtered(col, res["ids"], n_cand, where)
+        vectors = projection.queries(q)
+        res = col.query(query_embeddings=vectors, n_results=n_cand, where=where, include=["metadatas"])
+        self._complete_filtered(col, vectors, res, n_cand, where)
         return [[(c, meta, None) for c, meta in zip(ids, metas)] for ids, metas in zip(res["ids"], res["metadatas"])]
 
-    def _check_filtered(self, col: Any, found: list[list[str]], n: int, where: dict | None) -> None:
-        """A ``where`` search that returned fewer than ``n`` ids must have returned every matching record: one
-        ``get`` (SQLite, not HNSW) tells whether Chroma's HNSW index lost some, instead of silently missing them."""
-        short = [ids for ids in found if len(ids) < n]
+    def _complete_filtered(self, col: Any, queries: Any, res: dict, n: int, where: dict | None) -> None:
+        """Make a ``where`` search whole: a question with fewer than ``n`` results must have every matching record.
+
+        One SQLite ``get`` (not HNSW) lists the matches; matches HNSW's filtered search did not reach are fetched by
+        id and merged in (HNSW is approximate), and matches that HNSW lost raise ``StoreError`` instead of a short
+        list."""
+        from chromadb.errors import ChromaError
+
+        short = [i for i, ids in enumerate(res["ids"]) if len(ids) < n]
         if where is None or not short:
             return
-        matching = set(col.get(where=where, limit=n, include=[])["ids"])
-        lost = sorted({cid for ids in short for cid in matching - set(ids)})
-        if lost:
-            msg = (
-                f"Chroma's HNSW index of the store in {self.local_folder or self.name!r} lost {len(lost)} record(s) "
-                f"matching {where} (e.g. {lost[:3]}): a filtered search would miss them; run `clara check --db DIR "
-                "--repair` to put them back"
-            )
-            raise StoreError(msg)
+        matching = col.get(where=where, limit=n, include=[])["ids"]
+        keys = [key for key in ("ids", "documents", "metadatas", "distances") if res.get(key) is not None]
+        for i in short:
+            missing = [cid for cid in matching if cid not in set(res["ids"][i])]
+            if not missing:
+                continue
+            try:
+                extra = col.query(
+                    query_embeddings=queries[i : i + 1],
+                    ids=missing,
+                    n_results=len(missing),
+                    include=[k for k in keys if k != "ids"],
+                )
+            except ChromaError:
+                extra = None
+            if extra is None or set(extra["ids"][0]) != set(missing):
+                msg = (
+                    f"Chroma's HNSW index of the store in {self.local_folder or self.name!r} lost record(s) matching "
+                    f"{where} (among {missing[:3]}): a filtered search would miss them; run `clara check --db DIR "
+                    "--repair` to put them back"
+                )
+                raise StoreError(msg)
+            rows = list(zip(*(list(res[k][i]) + list(extra[k][0]) for k in keys)))
+            if "distances" in keys:
+                rows.sort(key=lambda row: row[keys.index("distances")])
+            for pos, key in enumerate(keys):
+                res[key][i] = [row[pos] for row in rows][:n]
 
     # ------------------------------------------------------------------ writing
     @_chroma_errors
