@@ -30,9 +30,10 @@ import numpy as np
 
 from clara_plugins.errors import InputError, ModelMismatchError, StoreError
 from clara_plugins.store_checks import text_hash
-from clara_plugins.store_lock import FolderLock
+from clara_plugins.store_lock import FOLDER_GEN, FolderLock, drop_system, system_of
 from clara_plugins.store_scan import ScanIndex
 from clara_plugins.store_sidecar import Projection, SidecarMemories, torch_float
+from clara_plugins.store_verify import complete_filtered
 
 logger = logging.getLogger(__name__)
 
@@ -176,27 +177,6 @@ def _chroma_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-# per local folder: the write generation (store_lock) that this process's Chroma system has loaded
-_FOLDER_GEN: dict[str, str] = {}
-
-
-def _system_of(client: Any) -> Any:
-    """The shared chromadb System a client runs on (None for clients without one)."""
-    from chromadb.api.shared_system_client import SharedSystemClient
-
-    ident = getattr(client, "_identifier", None)
-    return SharedSystemClient._identifier_to_system.get(ident) if ident else None
-
-
-def _drop_system(client: Any) -> None:
-    """Stop the process-wide chromadb System of a local client, so the next client loads the folder afresh."""
-    from chromadb.api.shared_system_client import SharedSystemClient
-
-    system = SharedSystemClient._identifier_to_system.pop(getattr(client, "_identifier", ""), None)
-    if system is not None:
-        system.stop()
-
-
 def _client_folder(client: Any) -> Path | None:
     """The folder of a local persistent client, else None (server or in-memory client)."""
     try:
@@ -258,7 +238,7 @@ class ClaraStore:
             with self._folder_lock.hold() if self._folder_lock else contextlib.nullcontext():
                 client = _open_client(path)  # two processes creating one folder race in Chroma's migrations
                 if self._folder_lock:
-                    _FOLDER_GEN.setdefault(str(self._folder_lock.folder.resolve()), self._folder_lock.generation())
+                    FOLDER_GEN.setdefault(str(self._folder_lock.folder.resolve()), self._folder_lock.generation())
         self.client = client
         self.verify_reads = verify
         self.name = collection
@@ -266,8 +246,8 @@ class ClaraStore:
         self.local_folder = _client_folder(client)
         if self._folder_lock is None and self.local_folder is not None:
             self._folder_lock = FolderLock(self.local_folder)
-            _FOLDER_GEN.setdefault(str(self.local_folder.resolve()), self._folder_lock.generation())
-        self._system = _system_of(client)
+            FOLDER_GEN.setdefault(str(self.local_folder.resolve()), self._folder_lock.generation())
+        self._system = system_of(client)
         self.hnsw = {**DEFAULT_HNSW, **(hnsw or {})}
         self.full_max_dim, self.ann_dim, self.candidates = full_max_dim, ann_dim, candidates
         self.memory_dtype = memory_dtype
@@ -300,7 +280,7 @@ class ClaraStore:
                 yield
             finally:
                 if lock is not None and bump:
-                    _FOLDER_GEN[str(lock.folder.resolve())] = lock.bump()
+                    FOLDER_GEN[str(lock.folder.resolve())] = lock.bump()
 
     def _sync(self) -> None:
         """Reload Chroma's view when another process wrote into the folder since this process loaded it."""
@@ -308,11 +288,11 @@ class ClaraStore:
         if lock is None:
             return
         key = str(lock.folder.resolve())
-        if lock.generation() == _FOLDER_GEN.get(key) and _system_of(self.client) is self._system:
+        if lock.generation() == FOLDER_GEN.get(key) and system_of(self.client) is self._system:
             return
         with self._lock, lock.hold():
             gen = lock.generation()
-            if gen != _FOLDER_GEN.get(key):
+            if gen != FOLDER_GEN.get(key):
                 if not self._own_client:
                     msg = (
                         f"another process wrote into {lock.folder} since this Chroma client opened it, so its view "
@@ -320,11 +300,11 @@ class ClaraStore:
                     )
                     raise StoreError(msg)
                 logger.info("another process wrote into %s: reloading Chroma's view of it", lock.folder)
-                _drop_system(self.client)
-                _FOLDER_GEN[key] = gen
-            if _system_of(self.client) is not self._system:
+                drop_system(self.client)
+                FOLDER_GEN[key] = gen
+            if system_of(self.client) is not self._system:
                 self.client = _open_client(lock.folder)
-                self._system = _system_of(self.client)
+                self._system = system_of(self.client)
                 self._col, self._sidecar, self._scan, self._projection = None, None, None, None
 
     def _get_collection(self) -> Any:
@@ -665,7 +645,7 @@ class ClaraStore:
         if self._sidecar is None:
             include = ["documents", "metadatas", "distances"]
             res = col.query(query_embeddings=q, n_results=k, where=where, include=include)
-            self._complete_filtered(col, q, res, k, where)
+            complete_filtered(col, q, res, k, where, self.local_folder or self.name)
             return [
                 [self._hit(cid, doc, meta, 1.0 - float(d)) for cid, doc, meta, d in zip(*cols)]
                 for cols in zip(res["ids"], res["documents"], res["metadatas"], res["distances"])
@@ -739,47 +719,8 @@ class ClaraStore:
         """Per question ``(id, metadata, None)`` of Chroma's HNSW top candidates over the projections."""
         vectors = projection.queries(q)
         res = col.query(query_embeddings=vectors, n_results=n_cand, where=where, include=["metadatas"])
-        self._complete_filtered(col, vectors, res, n_cand, where)
+        complete_filtered(col, vectors, res, n_cand, where, self.local_folder or self.name)
         return [[(c, meta, None) for c, meta in zip(ids, metas)] for ids, metas in zip(res["ids"], res["metadatas"])]
-
-    def _complete_filtered(self, col: Any, queries: Any, res: dict, n: int, where: dict | None) -> None:
-        """Make a ``where`` search whole: a question with fewer than ``n`` results must have every matching record.
-
-        One SQLite ``get`` (not HNSW) lists the matches; matches HNSW's filtered search did not reach are fetched by
-        id and merged in (HNSW is approximate), and matches that HNSW lost raise ``StoreError`` instead of a short
-        list."""
-        from chromadb.errors import ChromaError
-
-        short = [i for i, ids in enumerate(res["ids"]) if len(ids) < n]
-        if where is None or not short:
-            return
-        matching = col.get(where=where, limit=n, include=[])["ids"]
-        keys = [key for key in ("ids", "documents", "metadatas", "distances") if res.get(key) is not None]
-        for i in short:
-            missing = [cid for cid in matching if cid not in set(res["ids"][i])]
-            if not missing:
-                continue
-            try:
-                extra = col.query(
-                    query_embeddings=queries[i : i + 1],
-                    ids=missing,
-                    n_results=len(missing),
-                    include=[k for k in keys if k != "ids"],
-                )
-            except ChromaError:
-                extra = None
-            if extra is None or set(extra["ids"][0]) != set(missing):
-                msg = (
-                    f"Chroma's HNSW index of the store in {self.local_folder or self.name!r} lost record(s) matching "
-                    f"{where} (among {missing[:3]}): a filtered search would miss them; run `clara check --db DIR "
-                    "--repair` to put them back"
-                )
-                raise StoreError(msg)
-            rows = list(zip(*(list(res[k][i]) + list(extra[k][0]) for k in keys)))
-            if "distances" in keys:
-                rows.sort(key=lambda row: row[keys.index("distances")])
-            for pos, key in enumerate(keys):
-                res[key][i] = [row[pos] for row in rows][:n]
 
     # ------------------------------------------------------------------ writing
     @_chroma_errors

@@ -20,11 +20,32 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from clara_plugins.errors import StoreError
 
 LOCK_FILE = "clara.lock"
 GEN_FILE = "clara.gen"
+
+# per local folder: the write generation (store_lock) that this process's Chroma system has loaded
+FOLDER_GEN: dict[str, str] = {}
+
+
+def system_of(client: Any) -> Any:
+    """The shared chromadb System a client runs on (None for clients without one)."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    ident = getattr(client, "_identifier", None)
+    return SharedSystemClient._identifier_to_system.get(ident) if ident else None
+
+
+def drop_system(client: Any) -> None:
+    """Stop the process-wide chromadb System of a local client, so the next client loads the folder afresh."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    system = SharedSystemClient._identifier_to_system.pop(getattr(client, "_identifier", ""), None)
+    if system is not None:
+        system.stop()
 
 
 class FolderLock:

@@ -55,6 +55,46 @@ class VerifyReport:
         return out
 
 
+def complete_filtered(col: Any, queries: Any, res: dict, n: int, where: dict | None, store: Any) -> None:
+    """Make a ``where`` search whole: a question with fewer than ``n`` results must have every matching record.
+
+    One SQLite ``get`` (not HNSW) lists the matches; matches HNSW's filtered search did not reach are fetched by
+    id and merged in (HNSW is approximate), and matches that HNSW lost raise ``StoreError`` instead of a short
+    list."""
+    from chromadb.errors import ChromaError
+
+    short = [i for i, ids in enumerate(res["ids"]) if len(ids) < n]
+    if where is None or not short:
+        return
+    matching = col.get(where=where, limit=n, include=[])["ids"]
+    keys = [key for key in ("ids", "documents", "metadatas", "distances") if res.get(key) is not None]
+    for i in short:
+        missing = [cid for cid in matching if cid not in set(res["ids"][i])]
+        if not missing:
+            continue
+        try:
+            extra = col.query(
+                query_embeddings=queries[i : i + 1],
+                ids=missing,
+                n_results=len(missing),
+                include=[k for k in keys if k != "ids"],
+            )
+        except ChromaError:
+            extra = None
+        if extra is None or set(extra["ids"][0]) != set(missing):
+            msg = (
+                f"Chroma's HNSW index of the store in {str(store)!r} lost record(s) matching "
+                f"{where} (among {missing[:3]}): a filtered search would miss them; run `clara check --db DIR "
+                "--repair` to put them back"
+            )
+            raise StoreError(msg)
+        rows = list(zip(*(list(res[k][i]) + list(extra[k][0]) for k in keys)))
+        if "distances" in keys:
+            rows.sort(key=lambda row: row[keys.index("distances")])
+        for pos, key in enumerate(keys):
+            res[key][i] = [row[pos] for row in rows][:n]
+
+
 def _records(store: ClaraStore, col: Any) -> dict[str, tuple[dict, str | None]]:
     """Every record: id -> (metadata, text), a page at a time."""
     out: dict[str, tuple[dict, str | None]] = {}

@@ -221,9 +221,9 @@ def test_check_cli_exit_codes(built, capsys):
 
 
 def _close(store: ClaraStore) -> None:
-    from clara_plugins.store import _drop_system
+    from clara_plugins.store_lock import drop_system
 
-    _drop_system(store.client)
+    drop_system(store.client)
 
 
 @pytest.mark.slow
