@@ -9,6 +9,7 @@ Damaged texts and memories are original data: they are reported (re-index those 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -195,6 +196,41 @@ def _readd(store: ClaraStore, col: Any, ids: list[str], records: dict[str, tuple
     )
 
 
+def _rebuild_collection(store: ClaraStore, col: Any, records: dict[str, tuple[dict, str | None]]) -> str:
+    """pca layout: rebuild Chroma's HNSW index from scratch, as a new collection holding every record (vectors
+    re-projected from the sidecar memories) that then takes the store's name; the sidecar folder follows it.
+
+    Deleting and adding the lost records again is not enough after a kill during Chroma's HNSW persist: the segment
+    on disk is then inconsistent and each new session loses another random handful of records (measured).
+    """
+    import shutil
+
+    from chromadb.errors import NotFoundError
+
+    client, name, old_folder = store.client, store.name, store._sidecar.folder
+    tmp = f"{name}-rebuild"
+    with contextlib.suppress(NotFoundError, ValueError):
+        client.delete_collection(tmp)  # left by an earlier, interrupted repair
+    config = {"hnsw": dict((col.configuration or {}).get("hnsw") or {"space": "cosine"})}
+    new = client.create_collection(tmp, metadata=dict(col.metadata), configuration=config, embedding_function=None)
+    proj, ids = store._current_projection(), list(records)
+    for start in range(0, len(ids), 1000):
+        part = ids[start : start + 1000]
+        vectors = proj.docs(store._sidecar.read([int(records[c][0]["clara_row"]) for c in part]))
+        new.add(
+            ids=part,
+            embeddings=vectors,
+            documents=[records[c][1] for c in part],
+            metadatas=[records[c][0] for c in part],
+        )
+    shutil.copytree(old_folder, old_folder.parent / str(new.id))  # the sidecar of the new collection
+    client.delete_collection(name)
+    new.modify(name=name)
+    shutil.rmtree(old_folder, ignore_errors=True)
+    store._col, store._sidecar, store._scan, store._projection = None, None, None, None
+    return f"rebuilt Chroma's HNSW index as a new collection of all {len(ids)} records (vectors from the memories)"
+
+
 def verify_store(store: ClaraStore, repair: bool = False) -> VerifyReport:
     """Check every record of ``store`` (see the module docstring); ``repair`` rebuilds derived data."""
     col = store._collection()
@@ -222,8 +258,10 @@ def _repair(store: ClaraStore, col: Any, records: dict[str, tuple[dict, str | No
             report.repaired.append(f"rebuilt the scan files ({store._sidecar.committed} rows)")
             report.scan_problems = _check_scan(store, records)
         lost = [c for c in report.not_in_hnsw if c not in set(report.bad_memories) | set(report.bad_texts)]
-        if lost:
+        if lost and store._sidecar is not None:
+            report.repaired.append(_rebuild_collection(store, col, records))
+            report.not_in_hnsw = _hnsw_missing(store, store._collection(), records)
+        elif lost:
             report.repaired.append(_readd(store, col, lost, records))
-            if store._sidecar is None:
-                records = {c: r for c, r in records.items() if c not in set(lost)}
+            records = {c: r for c, r in records.items() if c not in set(lost)}
             report.not_in_hnsw = _hnsw_missing(store, col, records)
