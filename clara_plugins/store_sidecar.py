@@ -128,8 +128,13 @@ class SidecarMemories:
         if have > self.committed:
             self.crc.truncate(self.committed)
         elif have < self.committed:
-            if have == 0:
-                logger.warning("%s has no row checksums (written before they existed): computing them", self.data_path)
+            logger.warning(
+                "%s has row checksums for %d of its %d committed rows (none: a store from before checksums): "
+                "computing the rest from the bytes as they are",
+                self.data_path,
+                have,
+                self.committed,
+            )
             rows = np.arange(have, self.committed)
             sums = [row_crcs(self._read_unchecked(rows[i : i + 4096])) for i in range(0, len(rows), 4096)]
             self.crc.append(have, np.concatenate(sums))
@@ -174,6 +179,7 @@ class SidecarMemories:
             raise StoreError(msg)
         with self._lock:
             start = self.refresh_committed()  # another process may have committed rows meanwhile
+            self._complete_checksums()  # the CRC file must reach row `start` before this batch's CRCs follow it
             with open(self.data_path, "ab") as f:
                 f.truncate(start * self.row_bytes)  # drop rows of an earlier failed batch
                 f.write(data.tobytes())
