@@ -9,10 +9,13 @@ Parts (each prints a table and compares against its alternative in the same run)
   hnsw    Chroma's default HNSW settings vs ours: recall@10 on random isotropic 256-d vectors (the hard case).
   wide    65,536-d memories (7B at compression 16) on synthetic low-rank data: "pca" layout (fp16 sidecar +
           exact scan of 256-d projections + exact re-rank) vs the "full" layout (whole vectors in Chroma).
+  verify  the cost of checking what is read against its checksums (memory and scan rows' CRC-32, chunk texts'
+          content hashes): indexing throughput and search latency of two identical stores, verify on vs off.
 
 Usage:  python bench/bench_store.py --part tiny [--chunks 10000] [--grow 100000]
         python bench/bench_store.py --part hnsw [--hnsw-n 20000]
         python bench/bench_store.py --part wide [--wide-chunks 10000]
+        python bench/bench_store.py --part verify [--verify-chunks 20000] [--verify-dim 3072]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 
 from clara_plugins.rag import ClaraRAG
 from clara_plugins.store import DEFAULT_HNSW, ChunkRecord, ClaraStore
+from clara_plugins.store_checks import row_crcs, text_hash
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FP16 = 2
@@ -155,7 +159,8 @@ def synthetic_records(texts: list[str], start: int, n: int) -> list[ChunkRecord]
     out = []
     for i in range(start, start + n):
         text = texts[i % len(texts)]
-        out.append(ChunkRecord(f"syn{i}#0", text, f"syn{i}", 0, len(text), 0, 1, f"d{i}", f"s{i}", {"kind": "syn"}))
+        rec = ChunkRecord(f"syn{i}#0", text, f"syn{i}", 0, len(text), 0, 1, f"d{i}", text_hash(text), {"kind": "syn"})
+        out.append(rec)
     return out
 
 
@@ -208,7 +213,9 @@ def copy_store(src: ClaraStore, dst: ClaraStore, ids: list[str], mems: np.ndarra
         recs = []
         for cid in ids[s : s + 1000]:
             h = by_id[cid]
-            recs.append(ChunkRecord(cid, h.text, h.doc_id, h.start, h.end, 0, 1, f"d{cid}", f"c{cid}", h.metadata))
+            recs.append(
+                ChunkRecord(cid, h.text, h.doc_id, h.start, h.end, 0, 1, f"d{cid}", text_hash(h.text), h.metadata)
+            )
         t0 = time.perf_counter()
         dst.add(recs, mems[s : s + 1000])
         took += time.perf_counter() - t0
@@ -421,9 +428,78 @@ def part_wide(args: argparse.Namespace, root: Path) -> None:
     )
 
 
+def _timed_searches(stores: dict, qs: np.ndarray, where=None) -> dict:
+    """Per store ``(seconds per question, top-10 ids)``; the stores take turns question by question."""
+    out = {v: ([], []) for v in stores}
+    for store in stores.values():  # warm-up: first reads map files and load Chroma's index
+        store.search(qs[:2], 10, where=where)
+    for n, q in enumerate(qs):
+        for v in list(stores)[:: 1 if n % 2 else -1]:  # each goes first every other question
+            store = stores[v]
+            t0 = time.perf_counter()
+            hits = store.search(q[None], 10, where=where)[0]
+            out[v][0].append(time.perf_counter() - t0)
+            out[v][1].append([h.id for h in hits])
+    return out
+
+
+def part_verify(args: argparse.Namespace, root: Path) -> None:
+    """Two identical pca stores, one checking every read against its checksums and one not, filled and searched
+    alternately batch by batch (so machine load hits both alike)."""
+    n, dim = args.verify_chunks, args.verify_dim
+    texts = [t for _, t in real_texts()]
+    block, query = wide_data(n, dim, seed=7, rank=64)
+    stores = {v: ClaraStore(path=root / f"verify-{v}", verify=v, layout="pca") for v in (True, False)}
+    for store in stores.values():
+        store.bind("bench-verify", dim, 16, dim // 16, "synthetic")
+    add_s = {True: 0.0, False: 0.0}
+    crc_s, zs = 0.0, []
+    for start in range(0, n, 64):
+        z, x = block(min(64, n - start))
+        zs.append(z)
+        recs = [
+            ChunkRecord(f"c{i}#0", f"{texts[i % len(texts)]} [{i}]", f"c{i}", 0, 1, 0, 1, "d", "", {"part": i % 50})
+            for i in range(start, start + len(x))
+        ]
+        for r in recs:
+            r.hash = text_hash(r.text)
+        for v in (True, False) if start % 128 else (False, True):  # each goes first every other batch
+            store = stores[v]
+            t0 = time.perf_counter()
+            store.add(recs, x)
+            add_s[v] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        row_crcs(x.astype(np.float16))
+        crc_s += time.perf_counter() - t0
+    qs = query(np.concatenate(zs)[:: max(1, n // args.queries)][: args.queries]).astype(np.float32)
+    res, flt = _timed_searches(stores, qs), _timed_searches(stores, qs[:50], where={"part": 3})
+    same = res[True][1] == res[False][1] and flt[True][1] == flt[False][1]
+    on, off = res[True][0], res[False][0]
+    table(
+        f"Verification on vs off ({n:,} chunks of {dim}-d fp16 memories, pca layout, {len(qs)} questions)",
+        [
+            ("indexing: chunks/s, verify off (checksums still written)", f"{n / add_s[False]:.0f}", ""),
+            ("indexing: chunks/s, verify on", f"{n / add_s[True]:.0f}", ""),
+            ("indexing: time on / off", f"{add_s[True] / add_s[False]:.3f}", ""),
+            ("indexing: CRC-32 of the fp16 rows, share of store time", f"{crc_s / add_s[False]:.3f}", ""),
+            ("search p50 / p95 ms, verify off", f"{pct(off, 50):.2f} / {pct(off, 95):.2f}", ""),
+            ("search p50 / p95 ms, verify on", f"{pct(on, 50):.2f} / {pct(on, 95):.2f}", ""),
+            ("search p50 on / off", f"{pct(on, 50) / pct(off, 50):.3f}", ""),
+            ("filtered search p50 ms, off / on", f"{pct(flt[False][0], 50):.2f} / {pct(flt[True][0], 50):.2f}", ""),
+            ("same results on and off", str(same), "True"),
+        ],
+    )
+    t0 = time.perf_counter()
+    report = stores[True].verify()
+    table(
+        "clara check",
+        [(f"verify() of {n:,} chunks, s", f"{time.perf_counter() - t0:.1f}", ""), ("ok", str(report.ok), "True")],
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["tiny", "hnsw", "wide", "all"], default="all")
+    parser.add_argument("--part", choices=["tiny", "hnsw", "wide", "verify", "all"], default="all")
     parser.add_argument("--model", default="tiny", help="model for the tiny part")
     parser.add_argument("--chunks", type=int, default=10000, help="real chunks indexed with the model")
     parser.add_argument("--grow", type=int, default=100000, help="grow the tiny store to this many chunks")
@@ -434,6 +510,8 @@ def main() -> None:
         "--cand-sweep", type=int, nargs="*", default=[64, 128, 256], help="candidates re-ranked exactly (pca layout)"
     )
     parser.add_argument("--full-sample", type=int, default=300, help="65,536-d chunks put whole into Chroma")
+    parser.add_argument("--verify-chunks", type=int, default=20000, help="chunks in the verify part")
+    parser.add_argument("--verify-dim", type=int, default=3072, help="memory width in the verify part")
     parser.add_argument("--dir", default=None, help="work folder (default: a temporary one, removed after)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # no per-question truncation warnings in the table
@@ -445,6 +523,8 @@ def main() -> None:
             part_hnsw(args)
         if args.part in ("wide", "all"):
             part_wide(args, root)
+        if args.part in ("verify", "all"):
+            part_verify(args, root)
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -176,6 +176,13 @@ def _load_base(
     except (OSError, ValueError) as err:
         msg = f"could not load the base model {base!r}: {err}"
         raise CheckpointError(msg) from err
+    except Exception as err:  # pickle refused by weights_only loading (nothing ran), or damaged safetensors
+        kind = type(err).__name__
+        if kind not in {"UnpicklingError", "SafetensorError"}:
+            raise
+        why = "pickles load weights-only and this one holds more than tensors" if kind == "UnpicklingError" else kind
+        msg = f"refused the base model weights in {base!r} ({why}): {str(err)[:300]}; use a safetensors copy"
+        raise CheckpointError(msg) from err
     return lm, tokenizer
 
 

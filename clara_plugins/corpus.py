@@ -45,11 +45,21 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     if not path.is_file():
         msg = f"data file not found: {str(path)!r}"
         raise InputError(msg)
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
+    try:
+        handle = path.open("rb")
+    except OSError as err:
+        msg = f"cannot read {path}: {err.strerror or err}"
+        raise InputError(msg) from err
+    with handle:
+        for line_no, raw in enumerate(handle, start=1):
+            where = f"{path}:{line_no}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                msg = f"{where}: not UTF-8 text ({err.reason} at byte {err.start})"
+                raise InputError(msg) from None
             if not line.strip():
                 continue
-            where = f"{path}:{line_no}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
@@ -76,7 +86,7 @@ def _jsonl_records(path: Path, text_field: str = "text") -> Iterator[dict[str, A
         doc_id = row.get("id", row.get("_id"))
         yield {
             "text": row[text_field],
-            "id": str(doc_id) if doc_id is not None else where,
+            "id": str(doc_id) if doc_id is not None else where.replace("#", "%23"),
             "metadata": meta,
         }
 
@@ -102,8 +112,12 @@ def read_corpus(paths: Sequence[str | Path], text_field: str = "text") -> list[d
         except UnicodeDecodeError as err:
             msg = f"{path} is not UTF-8 text ({err.reason})"
             raise InputError(msg) from err
+        except OSError as err:  # unreadable (permissions), vanished, a broken link
+            msg = f"cannot read {path}: {err.strerror or err}"
+            raise InputError(msg) from err
         if not text.strip():
             msg = f"{path} is empty; remove it or give other paths"
             raise InputError(msg)
-        records.append({"text": text, "id": str(path), "metadata": {"source": str(path)}})
+        # '#' separates document and chunk ids (ClaraRAG.delete), so it is escaped in ids made from paths
+        records.append({"text": text, "id": str(path).replace("#", "%23"), "metadata": {"source": str(path)}})
     return records

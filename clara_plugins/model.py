@@ -282,6 +282,14 @@ class ClaraModel:
             if f".{role}." in name:
                 h.update(name.encode())
                 h.update(bf16(param))
+        # v2: a strided sample (512-1023 values) of every base weight tells apart bases with one config but other
+        # weights (another revision, a fine-tuned base); stores bound to a v1 fingerprint are refused as another model
+        h.update(b"fingerprint-v2;")
+        for name, param in sorted(self.base_lm.named_parameters()):
+            if "lora_" not in name:
+                flat = param.detach().reshape(-1)
+                h.update(f"{tuple(param.shape)};".encode())
+                h.update(bf16(flat[:: max(1, flat.numel() // 512)]))
         return h.hexdigest()[:16]
 
     # ------------------------------------------------------------------ adapters

@@ -7,12 +7,11 @@ of the top chunks to the generator; ``rerank`` reuses stored memories for known 
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 
 from clara_plugins.errors import InputError, MissingExtraError, StoreError
 from clara_plugins.store import ChunkRecord, ClaraStore, Hit, validate_metadata
+from clara_plugins.store_checks import text_hash
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +52,6 @@ class _Doc:
     id: str
     text: str
     metadata: dict[str, Any]
-
-
-def text_hash(text: str) -> str:
-    """Content address of a text (sha256, 32 hex digits)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def _check_text(text: Any, where: str) -> str:
@@ -91,6 +86,9 @@ def _normalize_docs(items: Any, ids: Sequence[str] | None, metadatas: Sequence[A
     """
     if isinstance(items, (str, dict)) or hasattr(items, "page_content") or hasattr(items, "node_id"):
         items = [items]
+    if not isinstance(items, Iterable) or isinstance(items, (bytes, bytearray)):
+        msg = f"texts must be a str, a record dict, a document or a list of them, got {type(items).__name__}"
+        raise InputError(msg)
     items = [_as_record(item) for item in items]
     if ids is not None and len(ids) != len(items):
         msg = f"ids has {len(ids)} entries for {len(items)} texts"
@@ -109,6 +107,12 @@ def _normalize_docs(items: Any, ids: Sequence[str] | None, metadatas: Sequence[A
             doc_id = "doc-" + text_hash(text)[:20]
         elif not isinstance(doc_id, str) or not doc_id.strip():
             msg = f"id of text {i} must be a non-empty str, got {doc_id!r}"
+            raise InputError(msg)
+        elif "#" in doc_id:
+            msg = (
+                f"id {doc_id!r} of text {i} contains '#', which separates a document id from the chunk number in "
+                "chunk ids ('doc#0'); use another character so that delete() cannot mistake it for a chunk id"
+            )
             raise InputError(msg)
         elif doc_id in given:
             msg = f"duplicate id {doc_id!r} in one index call (text {i}); ids must be unique"
@@ -294,13 +298,18 @@ class ClaraRAG:
         return np.stack([known[r.hash] for r in batch])
 
     def delete(self, ids: str | Sequence[str]) -> None:
-        """Delete documents (every chunk of each document id) and/or single chunks (chunk ids ``doc#i``)."""
+        """Delete documents and/or single chunks.
+
+        An id with ``#`` is a chunk id (``doc#i``: that chunk only); an id without is a document id (every chunk of
+        that document). Document ids cannot contain ``#`` (``index`` refuses them), so the two never collide.
+        """
         ids = [ids] if isinstance(ids, str) else list(ids)
         for i, cid in enumerate(ids):
             if not isinstance(cid, str):
                 msg = f"ids[{i}] must be a str, got {type(cid).__name__}"
                 raise InputError(msg)
-        self.store.delete(ids=ids, doc_ids=ids)
+        chunks = [cid for cid in ids if "#" in cid]
+        self.store.delete(ids=chunks, doc_ids=[cid for cid in ids if "#" not in cid])
 
     # ------------------------------------------------------------------ retrieval
     def _k(self, k: int | None) -> int:
@@ -309,6 +318,35 @@ class ClaraRAG:
             msg = f"k must be a positive int, got {k!r}"
             raise InputError(msg)
         return k
+
+    def max_docs(self, question: str, max_new_tokens: int | None = None) -> int:
+        """The most documents whose memories fit the generator's context with this question and answer length.
+
+        The context is the base model's ``max_position_embeddings``; a prompt grows by a fixed number of positions
+        per document (its memory slots and separators).
+        """
+        one, two = (self.model.build_prompts([question], [n])["input_ids"].shape[1] for n in (1, 2))
+        per_doc, fixed = two - one, 2 * one - two
+        limit = int(getattr(self.model.base_lm.config, "max_position_embeddings", 0) or 0)
+        new_tokens = max_new_tokens or int(self.model.config.max_new_tokens)
+        if not limit:
+            return 2**31 - 1
+        return max(0, (limit - new_tokens - fixed) // max(per_doc, 1))
+
+    def _fit_context(self, question: str, k: int, max_new_tokens: int | None, explicit: bool) -> int:
+        """``k`` when ``k`` documents fit the context; else an InputError (``k`` given) or the cap, with a warning."""
+        fit = self.max_docs(question, max_new_tokens)
+        if k <= fit:
+            return k
+        limit = self.model.base_lm.config.max_position_embeddings
+        if explicit or fit == 0:
+            msg = (
+                f"k={k} documents do not fit the generator's context of {limit} positions (max_position_embeddings) "
+                f"with this question and max_new_tokens; at most {fit} do: pass k <= {fit}"
+            )
+            raise InputError(msg)
+        logger.warning("default k=%d documents do not fit the context of %d positions; using %d", k, limit, fit)
+        return fit
 
     def search(self, question: str, k: int | None = None, where: dict[str, Any] | None = None) -> list[Hit]:
         """The ``k`` stored chunks closest to the question by CLaRa cosine, best first.
@@ -431,6 +469,7 @@ class ClaraRAG:
         if not hits:
             msg = "no documents to answer from: the store is empty or the filter matched nothing; index documents first"
             raise StoreError(msg)
+        self._fit_context(question, len(hits), max_new_tokens, explicit=True)
         text = self.model.generate([question], [self.memories_for(hits)], max_new_tokens=max_new_tokens)[0]
         return RAGAnswer(text=text, sources=hits)
 
@@ -457,6 +496,7 @@ class ClaraRAG:
         if not hits:
             msg = "no documents to answer from: the store is empty or the filter matched nothing; index documents first"
             raise StoreError(msg)
+        self._fit_context(question, len(hits), max_new_tokens, explicit=True)
         yield from self.model.stream(question, self.memories_for(hits), max_new_tokens=max_new_tokens)
 
     def ask(
@@ -466,7 +506,14 @@ class ClaraRAG:
         where: dict[str, Any] | None = None,
         max_new_tokens: int | None = None,
     ) -> RAGAnswer:
-        """Retrieve the top ``k`` chunks and answer from their stored memories."""
+        """Retrieve the top ``k`` chunks and answer from their stored memories.
+
+        Raises:
+            InputError: ``k`` documents do not fit the generator's context (``max_position_embeddings``); a default
+                ``k`` that does not fit is lowered to what fits, with a warning.
+        """
+        _check_text(question, "question")
+        k = self._fit_context(question, self._k(k), max_new_tokens, explicit=k is not None)
         return self.answer_from_hits(question, self.search(question, k, where=where), max_new_tokens)
 
     def stream(
@@ -476,7 +523,9 @@ class ClaraRAG:
         where: dict[str, Any] | None = None,
         max_new_tokens: int | None = None,
     ) -> Iterator[str]:
-        """Retrieve, then yield the answer's text piece by piece."""
+        """Retrieve, then yield the answer's text piece by piece (``k`` checked against the context as in ``ask``)."""
+        _check_text(question, "question")
+        k = self._fit_context(question, self._k(k), max_new_tokens, explicit=k is not None)
         return self.stream_from_hits(question, self.search(question, k, where=where), max_new_tokens)
 
     # ------------------------------------------------------------------ integrations (issue 4)

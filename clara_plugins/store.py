@@ -16,10 +16,12 @@ Two layouts, chosen when the collection is created and recorded in its metadata 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,11 @@ from typing import Any
 import numpy as np
 
 from clara_plugins.errors import InputError, ModelMismatchError, StoreError
+from clara_plugins.store_checks import text_hash
+from clara_plugins.store_lock import FOLDER_GEN, FolderLock, drop_system, system_of
 from clara_plugins.store_scan import ScanIndex
 from clara_plugins.store_sidecar import Projection, SidecarMemories, torch_float
+from clara_plugins.store_verify import complete_filtered
 
 logger = logging.getLogger(__name__)
 
@@ -143,10 +148,33 @@ def _open_client(path: str | Path | None) -> Any:
         return chromadb.PersistentClient(path=str(path))
     except (ChromaError, OSError, ValueError) as err:
         msg = (
-            f"cannot open the Chroma store in {str(path)!r} ({err}): the folder is damaged or was written by an "
-            "incompatible chromadb version; restore it from a backup or re-index into a new folder"
+            f"cannot open the Chroma store in {str(path)!r} ({err}). If a program outside clara-plugins is writing "
+            "this folder, retry when it has finished (several processes writing one store should use a Chroma "
+            "server: `chroma run --path DIR` and ClaraStore(client=chromadb.HttpClient(...))); otherwise the "
+            "folder's chroma.sqlite3 is damaged or was written by an incompatible chromadb version"
         )
         raise StoreError(msg) from err
+
+
+def _chroma_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn chromadb's own errors inside a store method into a StoreError naming the folder."""
+
+    @functools.wraps(method)
+    def wrapper(self: ClaraStore, *args: Any, **kwargs: Any) -> Any:
+        from chromadb.errors import ChromaError
+
+        try:
+            return method(self, *args, **kwargs)
+        except ChromaError as err:
+            where = self.local_folder or f"collection {self.name!r}"
+            msg = (
+                f"Chroma failed in {method.__name__} on the store in {where}: {type(err).__name__}: {err}. "
+                "Its database (chroma.sqlite3) or index files may be damaged: run `clara check --db DIR`, and restore "
+                "a backup or re-index if it cannot be repaired"
+            )
+            raise StoreError(msg) from err
+
+    return wrapper
 
 
 def _client_folder(client: Any) -> Path | None:
@@ -178,6 +206,12 @@ class ClaraStore:
         memory_dtype: ``"float16"`` or ``"float32"`` rows of the sidecar file.
         layout: ``"auto"`` (default: ``"pca"`` for memories wider than ``full_max_dim`` on a local client, else
             ``"full"``), ``"full"`` or ``"pca"``, for a new collection; an existing one keeps its own.
+        verify: Check what is read against the checksums written with it (each memory and scan row's CRC-32, each
+            chunk text's content hash); damage raises ``StoreError`` naming the file and rows. Checksums are always
+            written; ``False`` only skips the checks on read (``bench/bench_store.py --part verify`` measures them).
+
+    On a local folder every write holds an inter-process lock (``store_lock``), so several processes may index
+    into one folder one batch at a time; a process reopens its Chroma client when another one wrote since.
     """
 
     def __init__(
@@ -192,13 +226,28 @@ class ClaraStore:
         candidates: int = 64,
         memory_dtype: str = "float16",
         layout: str = "auto",
+        verify: bool = True,
     ) -> None:
+        self._own_client = client is None
+        self._folder_lock: FolderLock | None = None
         if client is None:
-            client = _open_client(path)
+            if path is not None and Path(path).exists() and not Path(path).is_dir():
+                msg = f"store path {str(path)!r} is a file, not a folder"
+                raise StoreError(msg)
+            self._folder_lock = FolderLock(path) if path is not None else None
+            with self._folder_lock.hold() if self._folder_lock else contextlib.nullcontext():
+                client = _open_client(path)  # two processes creating one folder race in Chroma's migrations
+                if self._folder_lock:
+                    FOLDER_GEN.setdefault(str(self._folder_lock.folder.resolve()), self._folder_lock.generation())
         self.client = client
+        self.verify_reads = verify
         self.name = collection
         self.path = Path(path) if path is not None else _client_folder(client)
         self.local_folder = _client_folder(client)
+        if self._folder_lock is None and self.local_folder is not None:
+            self._folder_lock = FolderLock(self.local_folder)
+            FOLDER_GEN.setdefault(str(self.local_folder.resolve()), self._folder_lock.generation())
+        self._system = system_of(client)
         self.hnsw = {**DEFAULT_HNSW, **(hnsw or {})}
         self.full_max_dim, self.ann_dim, self.candidates = full_max_dim, ann_dim, candidates
         self.memory_dtype = memory_dtype
@@ -215,14 +264,60 @@ class ClaraStore:
         self._projection_mtime = 0
 
     # ------------------------------------------------------------------ collection
+    @_chroma_errors
     def exists(self) -> bool:
         """Whether the collection exists."""
         return self._get_collection() is not None
 
-    def _get_collection(self) -> Any:
-        if self._col is None:
-            from chromadb.errors import NotFoundError
+    @contextlib.contextmanager
+    def _writing(self, bump: bool = True) -> Iterator[None]:
+        """Hold this store's thread lock and the folder's inter-process lock, on a fresh Chroma view; ``bump``
+        records a write (other processes then reload their view)."""
+        lock = self._folder_lock
+        with self._lock, lock.hold() if lock else contextlib.nullcontext():
+            self._sync()
+            try:
+                yield
+            finally:
+                if lock is not None and bump:
+                    FOLDER_GEN[str(lock.folder.resolve())] = lock.bump()
 
+    def _sync(self) -> None:
+        """Reload Chroma's view when another process wrote into the folder since this process loaded it."""
+        lock = self._folder_lock
+        if lock is None:
+            return
+        key = str(lock.folder.resolve())
+        if lock.generation() == FOLDER_GEN.get(key) and system_of(self.client) is self._system:
+            return
+        with self._lock, lock.hold():
+            gen = lock.generation()
+            if gen != FOLDER_GEN.get(key):
+                if not self._own_client:
+                    msg = (
+                        f"another process wrote into {lock.folder} since this Chroma client opened it, so its view "
+                        "is stale: give ClaraStore a path instead of a client, or use a Chroma server for many writers"
+                    )
+                    raise StoreError(msg)
+                logger.info("another process wrote into %s: reloading Chroma's view of it", lock.folder)
+                drop_system(self.client)
+                FOLDER_GEN[key] = gen
+            if system_of(self.client) is not self._system:
+                self.client = _open_client(lock.folder)
+                self._system = system_of(self.client)
+                self._col, self._sidecar, self._scan, self._projection = None, None, None, None
+
+    def _get_collection(self) -> Any:
+        self._sync()
+        if self._col is None:
+            with self._writing(bump=False):  # no other process writes while this one loads the layout
+                return self._load_collection()
+        return self._col
+
+    def _load_collection(self) -> Any:
+        from chromadb.errors import NotFoundError
+
+        if self._col is None:
             try:
                 self._col = self.client.get_collection(self.name)
             except (NotFoundError, ValueError):
@@ -242,7 +337,8 @@ class ClaraStore:
     @property
     def meta(self) -> dict[str, Any]:
         """The collection's metadata (model fingerprint, layout, widths)."""
-        return dict(self._collection().metadata or {})
+        col = self._col if self._col is not None else self._collection()  # no reload in the middle of an operation
+        return dict(col.metadata or {})
 
     @property
     def mode(self) -> str:
@@ -260,6 +356,7 @@ class ClaraStore:
             self._col = None
             raise StoreError(msg)
 
+    @_chroma_errors
     def bind(self, fingerprint: str, memory_dim: int, n_mem: int, hidden_size: int, source: str | None) -> None:
         """Create the collection for a model, or check that the existing one was built by the same model.
 
@@ -269,8 +366,10 @@ class ClaraStore:
         with self._lock:
             col = self._get_collection()
             if col is None:
-                self._create(fingerprint, memory_dim, n_mem, hidden_size, source)
-                return
+                with self._writing():
+                    if self._get_collection() is None:  # another process may have created it meanwhile
+                        self._create(fingerprint, memory_dim, n_mem, hidden_size, source)
+                        return
             meta = self.meta
             if meta["clara_fingerprint"] != fingerprint:
                 msg = (
@@ -279,6 +378,11 @@ class ClaraStore:
                     f"(fingerprint {fingerprint[:16]}); "
                     "open it with its own model (clara ask/search use it by default) or index into a new folder"
                 )
+                if "clara_fp_base" not in meta:
+                    msg += (
+                        "; this store was built before fingerprints covered the base weights (clara-plugins 0.x), "
+                        "so its fingerprint differs even for the same model: re-index it into a new folder"
+                    )
                 raise ModelMismatchError(msg)
 
     def _create(self, fingerprint: str, memory_dim: int, n_mem: int, hidden_size: int, source: str | None) -> None:
@@ -298,6 +402,7 @@ class ClaraStore:
             "clara_memory_dtype": self.memory_dtype,
             "clara_ann_dim": self.ann_dim if mode == "pca" else memory_dim,
             "clara_candidates": self.candidates,
+            "clara_fp_base": 1,  # the fingerprint covers the base weights (v2)
         }
         config = {"hnsw": {"space": "cosine", **self.hnsw}}
         self._col = self.client.get_or_create_collection(
@@ -315,21 +420,50 @@ class ClaraStore:
             msg = f"store {self.name!r} keeps its memories in a local sidecar folder; open it with its path"
             raise StoreError(msg)
         folder = self.local_folder / "clara_memories" / str(self._col.id)
-        self._sidecar = SidecarMemories(folder, int(meta["clara_memory_dim"]), meta["clara_memory_dtype"])
-        self._sidecar.recover(self._referenced_end)
-        if (folder / "projection.next.npz").exists():  # a refit was cut short: finish it
-            with self._sidecar.write_lock():
-                self._apply_projection(self._col, Projection.load(folder / "projection.next.npz"))
-        if (folder / "projection.npz").exists():
-            self._open_scan(self._current_projection())
-        elif self._col.count() > 0:
-            msg = f"projection file missing from {folder}: the store is damaged; re-index into a new --db folder"
-            raise StoreError(msg)
+        with self._writing(bump=False):
+            self._sidecar = SidecarMemories(folder, int(meta["clara_memory_dim"]), meta["clara_memory_dtype"])
+            self._sidecar.verify = self.verify_reads
+            self._sidecar.recover(self._referenced_end)
+            augment = int(meta.get("clara_format", 1)) >= 2
+            nxt = folder / "projection.next.npz"
+            if nxt.exists():  # a refit was cut short: finish it (or redo it when its file is damaged)
+                proj = self._load_projection(nxt)
+                with self._writing(), self._sidecar.write_lock():
+                    if proj is not None:
+                        self._apply_projection(self._col, proj)
+                    else:
+                        nxt.unlink()
+                        self._refit(self._col, augment=augment)
+            if not self._projection_readable(folder / "projection.npz") and self._sidecar.committed > 0:
+                logger.warning("projection file of %s is missing or damaged: refitting it from the memories", folder)
+                with self._writing(), self._sidecar.write_lock():
+                    self._refit(self._col, augment=augment)
+            if (folder / "projection.npz").exists():
+                try:
+                    self._open_scan(self._current_projection())
+                except StoreError as err:  # damaged scan rows: searches raise it; verify/repair can still open
+                    logger.error("%s", err)
+
+    @staticmethod
+    def _projection_readable(path: Path) -> bool:
+        try:
+            Projection.load(path)
+        except (StoreError, OSError):
+            return False
+        return True
+
+    @staticmethod
+    def _load_projection(path: Path) -> Projection | None:
+        try:
+            return Projection.load(path)
+        except StoreError:
+            return None
 
     def _open_scan(self, projection: Projection) -> None:
         """Open the exact-scan index, cutting rows of an unfinished batch or rebuilding it when it is stale."""
         assert self._sidecar is not None
         scan = ScanIndex(self._sidecar.folder, projection.basis.shape[1])
+        scan.verify = self.verify_reads
         with self._sidecar.write_lock():
             committed = self._sidecar.refresh_committed()  # another process may have committed rows since we opened
             if scan.usable(committed, projection.key):
@@ -367,12 +501,13 @@ class ClaraStore:
             self._projection, self._projection_mtime = Projection.load(path), mtime
         return self._projection
 
-    def _refit(self, col: Any) -> None:
+    def _refit(self, col: Any, augment: bool | None = None) -> None:
         """Fit the projection again on a sample of all stored memories and re-project every record."""
         assert self._sidecar is not None
         n = self._sidecar.committed
         rows = np.sort(np.random.default_rng(0).choice(n, size=min(n, REFIT_MAX_ROWS), replace=False))
-        proj = Projection.fit(self._sidecar.read(rows), self.ann_dim, augment=self._current_projection().augment)
+        augment = self._current_projection().augment if augment is None else augment
+        proj = Projection.fit(self._sidecar.read(rows), int(col.metadata["clara_ann_dim"]), augment=augment)
         proj.save(self._sidecar.folder / "projection.next.npz")
         self._apply_projection(col, proj)
 
@@ -390,6 +525,7 @@ class ClaraStore:
         os.replace(folder / "projection.next.npz", folder / "projection.npz")
         self._current_projection()
         scan = self._scan or ScanIndex(self._sidecar.folder, proj.basis.shape[1])
+        scan.verify = self.verify_reads
         self._rebuild_scan(scan, proj, ids_by_row)
         self._scan = scan
         logger.info("re-projected %d chunks on a projection fitted to %d", len(ids_by_row), proj.fit_rows)
@@ -400,10 +536,25 @@ class ClaraStore:
         return max(rows) + 1 if rows else committed
 
     # ------------------------------------------------------------------ reading
+    def _hit(self, cid: str, text: str | None, meta: dict[str, Any] | None, score: float) -> Hit:
+        """A Hit from a Chroma record, its text checked against the record's content hash (when ``verify``)."""
+        expected = (meta or {}).get("clara_hash")
+        if self.verify_reads and text is not None and expected is not None and text_hash(text) != expected:
+            where = self.local_folder / "chroma.sqlite3" if self.local_folder else f"collection {self.name!r}"
+            msg = (
+                f"store file {where} is damaged: the text of chunk {cid!r} does not match its content hash "
+                f"({expected}); it was changed outside the store, so it is not served. Re-index its document "
+                f"({(meta or {}).get('clara_doc')!r}) or restore a backup; `clara check --db DIR` lists all such chunks"
+            )
+            raise StoreError(msg)
+        return _hit(cid, text, meta, score)
+
+    @_chroma_errors
     def count(self) -> int:
         """Number of stored chunks."""
         return int(self._collection().count())
 
+    @_chroma_errors
     def doc_status(self, doc_ids: Sequence[str]) -> dict[str, tuple[str, int, int]]:
         """Per stored document id: ``(doc_hash, n_chunks expected, chunks present)``."""
         out: dict[str, tuple[str, int, int]] = {}
@@ -417,6 +568,7 @@ class ClaraStore:
                 out[doc] = (meta["clara_dochash"], int(meta["clara_n"]), present + 1)
         return out
 
+    @_chroma_errors
     def records_by_hash(self, hashes: Sequence[str]) -> dict[str, Hit]:
         """A stored chunk (score 0) per content hash among ``hashes`` that is in the store."""
         col = self._collection()
@@ -425,7 +577,7 @@ class ClaraStore:
         for start in range(0, len(uniq), 500):
             res = col.get(where={"clara_hash": {"$in": uniq[start : start + 500]}}, include=["metadatas", "documents"])
             for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"] or []):
-                found.setdefault(meta["clara_hash"], _hit(cid, doc, meta, 0.0))
+                found.setdefault(meta["clara_hash"], self._hit(cid, doc, meta, 0.0))
         return found
 
     def memories_by_hash(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
@@ -436,6 +588,7 @@ class ClaraStore:
         mems = self.get_memories([hit.id for hit in found.values()])
         return {h: mems[i] for i, h in enumerate(found)}
 
+    @_chroma_errors
     def find_memories(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Flattened float32 memories of the stored chunks among ``ids`` (ids not stored are left out)."""
         col = self._collection()
@@ -468,34 +621,40 @@ class ClaraStore:
             return np.zeros((0, int(self.meta["clara_memory_dim"])), dtype=np.float32)
         return np.stack([found[cid] for cid in ids])
 
+    @_chroma_errors
     def get_records(self, ids: Sequence[str]) -> dict[str, Hit]:
         """Stored chunks by id (score 0); ids not stored are left out."""
         ids, out = list(ids), {}
         for start in range(0, len(ids), _GET_BATCH):
             res = self._collection().get(ids=ids[start : start + _GET_BATCH], include=["documents", "metadatas"])
             out.update(
-                (cid, _hit(cid, doc, meta, 0.0))
+                (cid, self._hit(cid, doc, meta, 0.0))
                 for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"])
             )
         return out
 
+    @_chroma_errors
     def records_by_doc(self, doc_ids: Sequence[str]) -> list[Hit]:
         """Every stored chunk (score 0) of the given document ids, by document then position; unknown ids give none."""
         col, ids, out = self._collection(), list(dict.fromkeys(doc_ids)), []
         for start in range(0, len(ids), 500):
             res = col.get(where={"clara_doc": {"$in": ids[start : start + 500]}}, include=["documents", "metadatas"])
             rows = sorted(zip(res["ids"], res["documents"], res["metadatas"]), key=lambda r: int(r[2]["clara_i"]))
-            out.extend(_hit(cid, doc, meta, 0.0) for cid, doc, meta in rows)
+            out.extend(self._hit(cid, doc, meta, 0.0) for cid, doc, meta in rows)
         order = {d: i for i, d in enumerate(ids)}
         return sorted(out, key=lambda h: order[h.doc_id])  # stable: chunks stay in their order
 
+    @_chroma_errors
     def records_containing(self, text: str, limit: int = 10) -> list[Hit]:
         """Stored chunks (score 0) whose text contains ``text`` (Chroma's ``$contains``), at most ``limit``."""
         res = self._collection().get(
             where_document={"$contains": text}, include=["documents", "metadatas"], limit=limit
         )
-        return [_hit(cid, doc, meta, 0.0) for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"])]
+        return [
+            self._hit(cid, doc, meta, 0.0) for cid, doc, meta in zip(res["ids"], res["documents"], res["metadatas"])
+        ]
 
+    @_chroma_errors
     def search(self, queries: np.ndarray, k: int, where: dict[str, Any] | None = None) -> list[list[Hit]]:
         """Top ``k`` chunks per query vector ``[B, memory_dim]``, best first, scored by exact CLaRa cosine."""
         col = self._collection()
@@ -507,8 +666,9 @@ class ClaraStore:
         if self._sidecar is None:
             include = ["documents", "metadatas", "distances"]
             res = col.query(query_embeddings=q, n_results=k, where=where, include=include)
+            complete_filtered(col, q, res, k, where, self.local_folder or self.name)
             return [
-                [_hit(cid, doc, meta, 1.0 - float(d)) for cid, doc, meta, d in zip(*cols)]
+                [self._hit(cid, doc, meta, 1.0 - float(d)) for cid, doc, meta, d in zip(*cols)]
                 for cols in zip(res["ids"], res["documents"], res["metadatas"], res["distances"])
             ]
         return self._search_pca(col, q, k, where)
@@ -546,7 +706,7 @@ class ClaraStore:
             got = col.get(ids=list(dict.fromkeys(wanted)), include=["documents"])
             texts = dict(zip(got["ids"], got["documents"]))
         return [
-            [_hit(cid, text if text is not None else texts.get(cid, ""), meta, score) for cid, meta, text, score in row]
+            [self._hit(cid, texts.get(cid) if text is None else text, meta, score) for cid, meta, text, score in row]
             for row in ranked
         ]
 
@@ -578,10 +738,13 @@ class ClaraStore:
         self, col: Any, q: np.ndarray, projection: Projection, n_cand: int, where: dict | None
     ) -> list[list]:
         """Per question ``(id, metadata, None)`` of Chroma's HNSW top candidates over the projections."""
-        res = col.query(query_embeddings=projection.queries(q), n_results=n_cand, where=where, include=["metadatas"])
+        vectors = projection.queries(q)
+        res = col.query(query_embeddings=vectors, n_results=n_cand, where=where, include=["metadatas"])
+        complete_filtered(col, vectors, res, n_cand, where, self.local_folder or self.name)
         return [[(c, meta, None) for c, meta in zip(ids, metas)] for ids, metas in zip(res["ids"], res["metadatas"])]
 
     # ------------------------------------------------------------------ writing
+    @_chroma_errors
     def add(self, records: Sequence[ChunkRecord], memories: np.ndarray) -> None:
         """Store chunks with their flattened memories ``[N, memory_dim]`` (ids must be new or are overwritten).
 
@@ -589,8 +752,13 @@ class ClaraStore:
         written to the sidecar file before the Chroma records that point at them.
         """
         mems = np.asarray(memories, dtype=np.float32).reshape(len(records), -1)
+        for rec in records:
+            if rec.hash != text_hash(rec.text):
+                msg = f"record {rec.id!r}: hash {rec.hash!r} is not text_hash(text) {text_hash(rec.text)!r}"
+                raise InputError(msg)
         col = self._collection()
-        with self._lock:
+        with self._writing():
+            col = self._collection()
             for start in range(0, len(records), self.max_batch):
                 recs, batch = records[start : start + self.max_batch], mems[start : start + self.max_batch]
                 if self._sidecar is None:
@@ -627,13 +795,15 @@ class ClaraStore:
             if projection.fit_rows < min(REFIT_MAX_ROWS, sidecar.committed // 2):
                 self._refit(col)
 
+    @_chroma_errors
     def delete(self, ids: Sequence[str] | None = None, doc_ids: Sequence[str] | None = None) -> None:
         """Delete chunks by chunk id and/or every chunk of the given document ids.
 
         In the ``"pca"`` layout the sidecar rows stay (append-only); they are no longer referenced.
         """
         col = self._collection()
-        with self._lock:
+        with self._writing():
+            col = self._collection()
             if ids:
                 for start in range(0, len(ids), self.max_batch):
                     col.delete(ids=list(ids[start : start + self.max_batch]))
@@ -641,7 +811,25 @@ class ClaraStore:
             for start in range(0, len(docs), 500):
                 col.delete(where={"clara_doc": {"$in": docs[start : start + 500]}})
 
+    # ------------------------------------------------------------------ checking
+    @_chroma_errors
+    def verify(self, repair: bool = False) -> Any:
+        """Check every record: its text against its content hash, its memory row against its CRC, its row of the
+        exact scan, and that a ``where`` search on its document finds it through Chroma's HNSW index.
+
+        Args:
+            repair: Rebuild what is derived (the scan files; records HNSW lost are deleted and added again with the
+                same id, text, metadata and vector). Damaged texts and memories are reported, never rewritten.
+
+        Returns:
+            A ``store_verify.VerifyReport`` (``.ok``, ``.lines()``).
+        """
+        from clara_plugins.store_verify import verify_store
+
+        return verify_store(self, repair=repair)
+
     # ------------------------------------------------------------------ info
+    @_chroma_errors
     def info(self) -> StoreInfo:
         """Counts, model and layout of the store."""
         col = self._collection()

@@ -5,7 +5,8 @@ returns them as float64 lists, so in the ``"pca"`` store mode the full memories 
 indexes a short projection of them (see ``docs/store.md``).
 
 Crash safety: rows are written and flushed *before* the Chroma records that point at them, and ``state.json``
-holds the number of committed rows. On open, rows past the committed count are either adopted (when Chroma
+holds the number of committed rows. ``memories.crc`` holds a CRC-32 per row (``store_checks``), written with the
+row and checked on every read (``verify``). On open, rows past the committed count are either adopted (when Chroma
 records point at them: the process died after Chroma's commit) or cut off (it died before).
 """
 
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import threading
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import filelock
 import numpy as np
 
 from clara_plugins.errors import StoreError
+from clara_plugins.store_checks import RowChecksums, row_crcs
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ class SidecarMemories:
         self.row_bytes = dim * self.dtype.itemsize
         self.data_path = self.folder / "memories.bin"
         self.state_path = self.folder / "state.json"
+        self.crc = RowChecksums(self.folder / "memories.crc", self.data_path)
+        self.verify = True  # check each row read against its CRC (ClaraStore(verify=False) turns it off)
         self._lock = threading.RLock()
         self._write_mutex = threading.RLock()  # threads of this process; flock serializes processes
         self._write_depth = 0
@@ -100,6 +105,7 @@ class SidecarMemories:
                 raise StoreError(msg)
             size = self.data_path.stat().st_size if self.data_path.exists() else 0
             if rows == self.committed and size == rows * self.row_bytes:
+                self._complete_checksums()
                 return
             end = max(self.committed, referenced_end(self.committed))
             if end > rows:
@@ -113,6 +119,25 @@ class SidecarMemories:
             self.committed = end
             self._write_state()
             self._map = None
+            self._complete_checksums()
+
+    def _complete_checksums(self) -> None:
+        """Cut checksums of dropped rows; compute the missing ones of committed rows (stores written before
+        checksums existed get them from the bytes as they are now: earlier damage cannot be detected)."""
+        have = self.crc.rows()
+        if have > self.committed:
+            self.crc.truncate(self.committed)
+        elif have < self.committed:
+            logger.warning(
+                "%s has row checksums for %d of its %d committed rows (none: a store from before checksums): "
+                "computing the rest from the bytes as they are",
+                self.data_path,
+                have,
+                self.committed,
+            )
+            rows = np.arange(have, self.committed)
+            sums = [row_crcs(self._read_unchecked(rows[i : i + 4096])) for i in range(0, len(rows), 4096)]
+            self.crc.append(have, np.concatenate(sums))
 
     # ---- writing -----------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -152,11 +177,13 @@ class SidecarMemories:
             raise StoreError(msg)
         with self._lock:
             start = self.refresh_committed()  # another process may have committed rows meanwhile
+            self._complete_checksums()  # the CRC file must reach row `start` before this batch's CRCs follow it
             with open(self.data_path, "ab") as f:
                 f.truncate(start * self.row_bytes)  # drop rows of an earlier failed batch
                 f.write(data.tobytes())
                 f.flush()
                 os.fsync(f.fileno())
+            self.crc.append(start, row_crcs(data))
             return start
 
     def refresh_committed(self) -> int:
@@ -177,8 +204,18 @@ class SidecarMemories:
         return np.asarray(self.read_raw(rows), dtype=np.float32)
 
     def read_raw(self, rows: np.ndarray | list[int]) -> np.ndarray:
-        """Rows in the file's dtype ``[len(rows), dim]``."""
+        """Rows in the file's dtype ``[len(rows), dim]``, each checked against its CRC (when ``verify``).
+
+        Raises:
+            StoreError: a row is missing, or its bytes fail their checksum (the message names the file and rows).
+        """
         idx = np.asarray(rows, dtype=np.int64)
+        out = self._read_unchecked(idx)
+        if self.verify and idx.size:
+            self.crc.check(idx, out)
+        return out
+
+    def _read_unchecked(self, idx: np.ndarray) -> np.ndarray:
         if idx.size == 0:
             return np.zeros((0, self.dim), dtype=self.dtype)
         with self._lock:
@@ -315,6 +352,6 @@ class Projection:
             with np.load(path) as data:
                 augment = bool(data["augment"]) if "augment" in data else False  # format-1 stores: plain projection
                 return cls(data["mean"], data["basis"], int(data["fit_rows"]), augment)
-        except (OSError, KeyError, ValueError) as err:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
             msg = f"projection file {path} is damaged ({err}); re-index into a new --db folder"
             raise StoreError(msg) from err

@@ -20,6 +20,7 @@ _COMMAND_MODULES = [
     "clara_plugins.cli.lifecycle_commands",
     "clara_plugins.cli.train_commands",
     "clara_plugins.cli.serve_command",
+    "clara_plugins.cli.check_command",
 ]
 
 

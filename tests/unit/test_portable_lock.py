@@ -19,11 +19,12 @@ _WITHOUT_FCNTL = textwrap.dedent(
     import numpy as np
     import clara_plugins
     from clara_plugins.store import ChunkRecord, ClaraStore
+    from clara_plugins.store_checks import text_hash
 
     store = ClaraStore(path=sys.argv[1], layout="pca", ann_dim=8)
     store.bind("fp", 64, 4, 16, "m")
     rows = np.random.default_rng(0).standard_normal((20, 64)).astype(np.float32)
-    recs = [ChunkRecord(f"d{i}#0", f"t{i}", f"d{i}", 0, 2, 0, 1, f"h{i}", f"x{i}", {}) for i in range(20)]
+    recs = [ChunkRecord(f"d{i}#0", f"t{i}", f"d{i}", 0, 2, 0, 1, f"h{i}", text_hash(f"t{i}"), {}) for i in range(20)]
     store.add(recs, rows)
     assert np.allclose(store.get_memories(["d7#0"]), rows[7], atol=1e-2)
     print("ok", store.mode)

@@ -10,6 +10,7 @@ import pytest
 
 from clara_plugins.errors import InputError, ModelMismatchError, StoreError
 from clara_plugins.store import ChunkRecord, ClaraStore, validate_metadata
+from clara_plugins.store_checks import text_hash
 
 DIM, N_MEM, HIDDEN = 256, 4, 64
 
@@ -25,7 +26,7 @@ def _records(n: int, doc: str = "d", offset: int = 0, meta: dict | None = None) 
             index=0,
             n_chunks=1,
             doc_hash=f"h{offset + i}",
-            hash=f"c{offset + i}",
+            hash=text_hash(f"text {offset + i}"),
             metadata=dict(meta or {}),
         )
         for i in range(n)
@@ -77,7 +78,7 @@ def test_memories_round_trip_and_records(tmp_path, layout):
     np.testing.assert_allclose(got, x[[3, 0]], rtol=tol, atol=tol)
     hit = store.get_records(["d3#0"])["d3#0"]
     assert (hit.text, hit.doc_id, hit.metadata) == ("text 3", "d3", {"lang": "en"})
-    assert set(store.memories_by_hash(["c5", "nope"])) == {"c5"}
+    assert set(store.memories_by_hash([text_hash("text 5"), "nope"])) == {text_hash("text 5")}
     with pytest.raises(StoreError, match="not in the store"):
         store.get_memories(["missing#0"])
 
