@@ -203,7 +203,9 @@ class ClaraStore:
         full_max_dim: Widest memory kept whole in Chroma; wider ones use the ``"pca"`` layout on local clients.
         ann_dim: Width of the projection indexed in ``"pca"`` layout.
         candidates: ANN candidates re-ranked exactly per question in ``"pca"`` layout (at least ``k``).
-        memory_dtype: ``"float16"`` or ``"float32"`` rows of the sidecar file.
+        memory_dtype: ``"float16"`` (default), ``"float32"`` or ``"int8"`` (one float32 scale per memory vector: about
+            half the bytes of float16; ``bench/bench_int8.py`` measures the effect) rows of the sidecar file of the
+            ``"pca"`` layout. A new collection records it; an existing one keeps its own.
         layout: ``"auto"`` (default: ``"pca"`` for memories wider than ``full_max_dim`` on a local client, else
             ``"full"``), ``"full"`` or ``"pca"``, for a new collection; an existing one keeps its own.
         verify: Check what is read against the checksums written with it (each memory and scan row's CRC-32, each
@@ -250,6 +252,9 @@ class ClaraStore:
         self._system = system_of(client)
         self.hnsw = {**DEFAULT_HNSW, **(hnsw or {})}
         self.full_max_dim, self.ann_dim, self.candidates = full_max_dim, ann_dim, candidates
+        if memory_dtype not in ("float16", "float32", "int8"):
+            msg = f"memory_dtype must be 'float16', 'float32' or 'int8', got {memory_dtype!r}"
+            raise InputError(msg)
         self.memory_dtype = memory_dtype
         if layout not in {"auto", "full", "pca"}:
             msg = f"layout must be 'auto', 'full' or 'pca', got {layout!r}"
@@ -391,6 +396,12 @@ class ClaraStore:
             msg = "layout 'pca' keeps memories in a sidecar file and needs a local PersistentClient (give path=)"
             raise StoreError(msg)
         mode = mode if self.layout == "auto" else self.layout
+        if mode == "full" and self.memory_dtype == "int8":
+            msg = (
+                "memory_dtype='int8' needs the 'pca' layout (memories in a local sidecar file); in the 'full' layout "
+                "Chroma keeps each memory as its float32 vector. Open the store with a path and layout='pca'"
+            )
+            raise StoreError(msg)
         meta = {
             "clara_format": FORMAT_VERSION,
             "clara_fingerprint": fingerprint,
@@ -421,7 +432,9 @@ class ClaraStore:
             raise StoreError(msg)
         folder = self.local_folder / "clara_memories" / str(self._col.id)
         with self._writing(bump=False):
-            self._sidecar = SidecarMemories(folder, int(meta["clara_memory_dim"]), meta["clara_memory_dtype"])
+            dim, dtype = int(meta["clara_memory_dim"]), meta["clara_memory_dtype"]
+            group = int(meta["clara_hidden_size"]) if dtype == "int8" else None  # one scale per memory vector
+            self._sidecar = SidecarMemories(folder, dim, dtype, group=group)
             self._sidecar.verify = self.verify_reads
             self._sidecar.recover(self._referenced_end)
             augment = int(meta.get("clara_format", 1)) >= 2
@@ -696,7 +709,7 @@ class ClaraStore:
             if not cands:
                 ranked.append([])
                 continue
-            mems = torch_float(self._sidecar.read_raw([int(meta["clara_row"]) for _, meta, _ in cands]))  # (C, D)
+            mems = torch_float(self._sidecar.read_values([int(meta["clara_row"]) for _, meta, _ in cands]))  # (C, D)
             scores = (mems @ F.normalize(torch_float(q[qi]), dim=0)) / mems.norm(dim=1).clamp_min(1e-12)  # (C,)
             top = scores.argsort(descending=True, stable=True)[:k].tolist()
             ranked.append([(*cands[i], float(scores[i])) for i in top])

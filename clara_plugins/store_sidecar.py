@@ -25,11 +25,12 @@ import filelock
 import numpy as np
 
 from clara_plugins.errors import StoreError
+from clara_plugins.quantize import bytes_per_row, dequantize_rows, quantize_rows
 from clara_plugins.store_checks import RowChecksums, row_crcs
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float16": np.float16, "float32": np.float32}
+_DTYPES = {"float16": np.float16, "float32": np.float32, "int8": np.uint8}  # int8 rows are stored as packed bytes
 
 
 def _atomic_write_json(path: Path, data: dict) -> None:
@@ -44,18 +45,28 @@ class SidecarMemories:
     Args:
         folder: Folder of this collection's files (created if missing).
         dim: Length of one flattened memory.
-        dtype: ``"float16"`` (default, half the bytes) or ``"float32"``.
+        dtype: ``"float16"`` (default, half the bytes of float32), ``"float32"``, or ``"int8"`` (a quarter, plus one
+            float32 scale per memory vector: each row is ``dim`` int8 codes then ``dim // group`` scales, see
+            :mod:`clara_plugins.quantize`).
+        group: Values per int8 scale (the model's hidden size: one scale per memory vector); int8 only.
     """
 
-    def __init__(self, folder: str | Path, dim: int, dtype: str = "float16") -> None:
+    def __init__(self, folder: str | Path, dim: int, dtype: str = "float16", group: int | None = None) -> None:
         if dtype not in _DTYPES:
             msg = f"memory_dtype must be one of {sorted(_DTYPES)}, got {dtype!r}"
+            raise StoreError(msg)
+        if dtype == "int8" and (not group or dim % group):
+            msg = f"int8 memories need a group (the hidden size) that divides the memory width {dim}, got {group}"
             raise StoreError(msg)
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.dim = dim
+        self.quantized = dtype == "int8"
+        self.group = group if self.quantized else None
         self.dtype = np.dtype(_DTYPES[dtype])
-        self.row_bytes = dim * self.dtype.itemsize
+        # a row of the file, in units of dtype (bytes for int8: codes then float32 scales)
+        self.row_width = bytes_per_row(dim, group) if self.quantized else dim
+        self.row_bytes = self.row_width * self.dtype.itemsize
         self.data_path = self.folder / "memories.bin"
         self.state_path = self.folder / "state.json"
         self.crc = RowChecksums(self.folder / "memories.crc", self.data_path)
@@ -166,11 +177,11 @@ class SidecarMemories:
 
         The rows are flushed to the file but not committed: call ``commit`` once the Chroma records exist.
         """
-        data = np.ascontiguousarray(rows, dtype=self.dtype)
-        if data.ndim != 2 or data.shape[1] != self.dim:
-            msg = f"memories must have shape [N, {self.dim}], got {list(rows.shape)}"
+        if np.ndim(rows) != 2 or np.shape(rows)[1] != self.dim:
+            msg = f"memories must have shape [N, {self.dim}], got {list(np.shape(rows))}"
             raise StoreError(msg)
-        if not np.isfinite(data).all():
+        data = self._pack(rows) if self.quantized else np.ascontiguousarray(rows, dtype=self.dtype)
+        if not self.quantized and not np.isfinite(data).all():
             msg = (
                 f"memories are not finite in {self.dtype.name} (overflow?); open the store with memory_dtype='float32'"
             )
@@ -198,13 +209,33 @@ class SidecarMemories:
             self.committed = end
             self._write_state()
 
+    def _pack(self, rows: np.ndarray) -> np.ndarray:
+        """int8 codes and float32 scales of ``rows``, side by side as bytes ``[N, row_width]``."""
+        if not np.isfinite(np.asarray(rows, dtype=np.float32)).all():
+            msg = "memories hold NaN or infinite values; nothing was stored"
+            raise StoreError(msg)
+        codes, scales = quantize_rows(rows, self.group)
+        return np.concatenate([codes.view(np.uint8), scales.view(np.uint8)], axis=1)
+
+    def _unpack(self, raw: np.ndarray) -> np.ndarray:
+        codes = np.ascontiguousarray(raw[:, : self.dim]).view(np.int8)
+        scales = np.ascontiguousarray(raw[:, self.dim :]).view(np.float32)
+        return dequantize_rows(codes, scales)
+
     # ---- reading -----------------------------------------------------------------------------------------
     def read(self, rows: np.ndarray | list[int]) -> np.ndarray:
-        """Rows as a float32 array ``[len(rows), dim]``."""
-        return np.asarray(self.read_raw(rows), dtype=np.float32)
+        """Rows as a float32 array ``[len(rows), dim]`` (int8 rows dequantized)."""
+        raw = self.read_raw(rows)
+        return self._unpack(raw) if self.quantized else np.asarray(raw, dtype=np.float32)
+
+    def read_values(self, rows: np.ndarray | list[int]) -> np.ndarray:
+        """Rows as numbers ``[len(rows), dim]``: the file's floats as they are (no float32 copy), int8 dequantized."""
+        raw = self.read_raw(rows)
+        return self._unpack(raw) if self.quantized else raw
 
     def read_raw(self, rows: np.ndarray | list[int]) -> np.ndarray:
-        """Rows in the file's dtype ``[len(rows), dim]``, each checked against its CRC (when ``verify``).
+        """Rows as stored ``[len(rows), row_width]`` (floats, or int8 packed bytes), each checked against its CRC
+        (when ``verify``).
 
         Raises:
             StoreError: a row is missing, or its bytes fail their checksum (the message names the file and rows).
@@ -217,14 +248,14 @@ class SidecarMemories:
 
     def _read_unchecked(self, idx: np.ndarray) -> np.ndarray:
         if idx.size == 0:
-            return np.zeros((0, self.dim), dtype=self.dtype)
+            return np.zeros((0, self.row_width), dtype=self.dtype)
         with self._lock:
             if self._map is None or self._map.shape[0] <= int(idx.max()):
                 n = self.file_rows()
                 if n <= int(idx.max()):
                     msg = f"row {int(idx.max())} is missing from {self.data_path} ({n} rows): the store is damaged"
                     raise StoreError(msg)
-                self._map = np.memmap(self.data_path, dtype=self.dtype, mode="r", shape=(n, self.dim))
+                self._map = np.memmap(self.data_path, dtype=self.dtype, mode="r", shape=(n, self.row_width))
             view = self._map
         return view[idx]
 

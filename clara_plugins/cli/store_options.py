@@ -102,14 +102,15 @@ def open_store(args: argparse.Namespace, create: bool) -> Any:
     from clara_plugins.store import ClaraStore
 
     layout = getattr(args, "layout", "auto")
+    dtype = getattr(args, "memory_dtype", "float16")
     if is_url(args.db):
-        store = ClaraStore(client=http_client(args), collection=args.collection, layout=layout)
+        store = ClaraStore(client=http_client(args), collection=args.collection, layout=layout, memory_dtype=dtype)
     else:
         _refuse_server_options(args)
         if not create and not (Path(args.db) / "chroma.sqlite3").is_file():
             msg = f"no CLaRa store in {args.db!r}; build one first with `clara index --db {args.db} PATH...`"
             raise StoreError(msg)
-        store = ClaraStore(path=args.db, collection=args.collection, layout=layout)
+        store = ClaraStore(path=args.db, collection=args.collection, layout=layout, memory_dtype=dtype)
     if not create and not store.exists():
         msg = f"no collection {args.collection!r} in {args.db!r}; build it with `clara index --db {args.db} PATH...`"
         raise StoreError(msg)
