@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import chromadb
 import pytest
 import torch
@@ -20,43 +13,9 @@ from clara_plugins.store import ClaraStore
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _chroma_cli() -> str:
-    exe = Path(sys.executable).with_name("chroma")
-    found = str(exe) if exe.exists() else shutil.which("chroma")
-    if not found:
-        pytest.skip("the chroma CLI is not installed")
-    return found
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    port = _free_port()
-    folder = tmp_path_factory.mktemp("chroma-server")
-    cmd = [_chroma_cli(), "run", "--path", str(folder), "--port", str(port), "--host", "127.0.0.1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            client = chromadb.HttpClient(host="127.0.0.1", port=port)
-            client.heartbeat()
-            break
-        except Exception:  # not up yet
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"chroma server did not start (exit code {proc.poll()})")
-            time.sleep(0.3)
-    yield client
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def server(chroma_port):
+    return chromadb.HttpClient(host="127.0.0.1", port=chroma_port)
 
 
 def test_index_search_ask_through_server(server, tiny_model, passages):

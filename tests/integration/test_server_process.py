@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.integration.conftest import free_port
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -27,18 +28,12 @@ QUESTIONS = ["Who founded Flip Skateboards?", "What is the capital of France?", 
 LOAD_SECONDS = 8
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A ``clara serve`` process over a new store, indexed through the API: (url, process, docs, db, chunks)."""
     tmp = tmp_path_factory.mktemp("serve")
     (tmp / "write.keys").write_text(f"# writers\n{WRITE}\n")
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "clara_plugins.cli", "serve", "--db", str(tmp / "db"), "--model", "tiny",
            "--port", str(port), "--write-key-file", str(tmp / "write.keys"), "--graceful-timeout", "20"]  # fmt: skip
     env = {**os.environ, "CLARA_API_KEYS": READ}
