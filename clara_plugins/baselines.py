@@ -36,23 +36,23 @@ def text_prompt_ids(
     questions: Sequence[str],
     docs: Sequence[Sequence[str]],
     template: PromptTemplate = ANSWER,
-    answers: Sequence[str] | None = None,
-) -> list[list[int]] | tuple[list[list[int]], list[int]]:
+) -> list[list[int]]:
     """The text-RAG prompts: CLaRa's prompt rendered with the chat template, the documents' text joined by newlines
-    in place of the memory slots. User text (documents, questions) can never produce a control token.
+    in place of the memory slots. User text (documents, questions) can never produce a control token."""
+    return conversation_ids(tokenizer, template.system, _text_users(questions, docs, template))[0]
 
-    Without answers returns the rows; with answers ``(rows, prompt_lengths)`` as
-    :func:`clara_plugins.prompts.conversation_ids`.
-    """
+
+def _text_users(
+    questions: Sequence[str], docs: Sequence[Sequence[str]], template: PromptTemplate
+) -> list[tuple[list[str], list[str]]]:
+    """The user messages of text-RAG prompts, checked (see :func:`clara_plugins.prompts.user_message`)."""
     questions = check_texts(questions, "questions")
     if len(docs) != len(questions):
         msg = f"docs has {len(docs)} entries for {len(questions)} questions"
         raise InputError(msg)
-    users = [
+    return [
         user_message(template, q, docs=check_texts(d, f"docs[{i}]")) for i, (q, d) in enumerate(zip(questions, docs))
     ]
-    rows, prompt_lengths = conversation_ids(tokenizer, template.system, users, answers)
-    return rows if answers is None else (rows, prompt_lengths)
 
 
 def pad_left(rows: Sequence[Sequence[int]], pad_id: int, labels: Sequence[Sequence[int]] | None = None) -> dict:
@@ -119,7 +119,8 @@ class TextRAG:
             rows = text_prompt_ids(self.tokenizer, questions, docs, self.template)
             return {k: v.to(self.device) for k, v in pad_left(rows, self.pad_id).items()}
         answers = check_texts(answers, "answers")
-        rows, prompt_lengths = text_prompt_ids(self.tokenizer, questions, docs, self.template, answers)
+        users = _text_users(questions, docs, self.template)
+        rows, prompt_lengths = conversation_ids(self.tokenizer, self.template.system, users, answers)
         labels = [[-100] * n + r[n:] for r, n in zip(rows, prompt_lengths, strict=True)]
         return {k: v.to(self.device) for k, v in pad_left(rows, self.pad_id, labels).items()}
 

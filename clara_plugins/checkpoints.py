@@ -150,9 +150,10 @@ def load_weights(model: ClaraModel, parts: CheckpointParts) -> None:
     """Fill a model built from ``parts`` with the checkpoint's token rows and adapters (shapes checked)."""
     if parts.kind == "official":
         _load_full_matrices(model, parts.matrices, parts.folder / "decoder_first_last_layers.pth")
+        targets = _token_matrices(model)
         for name, kind, matrix in parts.matrix_copies:  # what the official loader does next: last copy wins
-            target = model.peft_model.get_input_embeddings() if kind == "embed_tokens" else model.base_lm.lm_head
-            _copy_checked(target.weight, matrix, f"{parts.adapters_file}[{name!r}] {kind}")
+            if kind in targets:  # a tied lm_head is the embedding matrix, already loaded
+                _copy_checked(targets[kind], matrix, f"{parts.adapters_file}[{name!r}] {kind}")
     else:
         _apply_rows(model, parts.rows, parts.folder / ROWS_FILE)
     for role, state in parts.adapters.items():
@@ -323,14 +324,11 @@ def _copy_checked(target: torch.Tensor, value: torch.Tensor, what: str) -> None:
 
 
 def _load_full_matrices(model: ClaraModel, state: dict[str, torch.Tensor], file: Path) -> None:
-    embed = model.peft_model.get_input_embeddings().weight
-    _copy_checked(embed, state["embed_tokens"], f"{file} embed_tokens")
-    head = model.base_lm.get_output_embeddings()
-    if head is not None and head.weight is not embed:
-        if "lm_head" not in state:
+    for kind, matrix in _token_matrices(model).items():  # lm_head only when not tied to the embeddings
+        if kind not in state:
             msg = f"{file}: no lm_head matrix, and the base model's output matrix is not tied to its embeddings"
             raise CheckpointError(msg)
-        _copy_checked(head.weight, state["lm_head"], f"{file} lm_head")
+        _copy_checked(matrix, state[kind], f"{file} {kind}")
 
 
 def canonical_lora_key(name: str) -> str | None:

@@ -98,7 +98,7 @@ def chunk_text(
         if len(ends) <= max_tokens and reaches_end and count(text[start:]) <= max_tokens:
             chunks.append(Chunk(text[start:], start, len(text)))
             break
-        ends = ends[:max_tokens] if len(ends) >= max_tokens else ends
+        ends = ends[:max_tokens]
         end = _best_cut(text, start, start + ends[-1])
         # a piece re-tokenized alone (or in context) can differ by a token at its edges: shrink until it fits
         while end > start + 1 and count(text[start:end]) > max_tokens:

@@ -24,7 +24,7 @@ from pathlib import Path
 import filelock
 import numpy as np
 
-from clara_plugins.errors import StoreError
+from clara_plugins.errors import InputError, StoreError
 from clara_plugins.quantize import bytes_per_row, dequantize_rows, quantize_rows
 from clara_plugins.store_checks import RowChecksums, row_crcs
 
@@ -211,10 +211,11 @@ class SidecarMemories:
 
     def _pack(self, rows: np.ndarray) -> np.ndarray:
         """int8 codes and float32 scales of ``rows``, side by side as bytes ``[N, row_width]``."""
-        if not np.isfinite(np.asarray(rows, dtype=np.float32)).all():
-            msg = "memories hold NaN or infinite values; nothing was stored"
-            raise StoreError(msg)
-        codes, scales = quantize_rows(rows, self.group)
+        try:
+            codes, scales = quantize_rows(rows, self.group)
+        except InputError as err:  # NaN or infinite values
+            msg = f"memories cannot be stored as int8: {err}; nothing was stored"
+            raise StoreError(msg) from err
         return np.concatenate([codes.view(np.uint8), scales.view(np.uint8)], axis=1)
 
     def _unpack(self, raw: np.ndarray) -> np.ndarray:
