@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -58,3 +66,49 @@ def tiny_official(tmp_path_factory, passages):
 @pytest.fixture(scope="session")
 def tiny_official_dir(tiny_official) -> Path:
     return tiny_official[0]
+
+
+MOTO_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """URL of a real S3-compatible server (moto's server mode, ``moto_server``) on 127.0.0.1, up for the session."""
+    exe = Path(sys.executable).with_name("moto_server")
+    cli = str(exe) if exe.exists() else shutil.which("moto_server")
+    if not cli:
+        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = subprocess.Popen([cli, "-H", "127.0.0.1", "-p", str(port)], **quiet)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"moto_server did not start (exit code {proc.poll()})")
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint) -> dict:
+    """A new empty bucket on the moto server: ``{"url": "s3://NAME", "storage_options": {...}, "env": {...}}``.
+
+    ``storage_options`` are what s3fs needs for this endpoint; ``env`` is the same as environment variables (for
+    subprocesses: botocore reads ``AWS_ENDPOINT_URL``).
+    """
+    import s3fs
+
+    options = {"endpoint_url": moto_endpoint, "key": "testing", "secret": "testing"}
+    name = f"clara-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(**options).mkdir(name)
+    env = {**os.environ, **MOTO_KEYS, "AWS_ENDPOINT_URL": moto_endpoint}
+    return {"url": f"s3://{name}", "storage_options": options, "env": env}
