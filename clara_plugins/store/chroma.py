@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from clara_plugins.errors import StoreError
+from clara_plugins.errors import InputError, StoreError
 
 GET_BATCH = 5000  # ids per Chroma get: SQLite caps the variables of one statement
 IN_BATCH = 500  # values per ``$in`` filter
@@ -55,10 +55,13 @@ def chroma_errors(method: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from chromadb.errors import ChromaError
+        from chromadb.errors import ChromaError, InvalidArgumentError
 
         try:
             return method(self, *args, **kwargs)
+        except InvalidArgumentError as err:  # a bad argument (a collection name Chroma refuses...), not damage
+            msg = f"Chroma refused {method.__name__} on the store {self.name!r}: {err}"
+            raise InputError(msg) from err
         except ChromaError as err:
             where = self.local_folder or f"collection {self.name!r}"
             msg = (

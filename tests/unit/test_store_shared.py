@@ -132,14 +132,16 @@ def _ids_metas(store: ClaraStore) -> tuple[list[str], list[dict]]:
 def test_refusals(tmp_path):
     client = chromadb.EphemeralClient()
     with pytest.raises(InputError, match="memories="):
-        ClaraStore(client=client, collection="a", layout="shared").bind("fp", DIM, N_MEM, HIDDEN, "m")
+        ClaraStore(client=client, collection="aaa", layout="shared").bind("fp", DIM, N_MEM, HIDDEN, "m")
     with pytest.raises(InputError, match="only used by layout 'shared'"):
-        ClaraStore(client=client, collection="b", layout="full", memories=str(tmp_path)).bind("fp", DIM, 4, 64, "m")
-    ClaraStore(client=client, collection="c", layout="full").bind("fp", DIM, N_MEM, HIDDEN, "m")
+        ClaraStore(client=client, collection="bbb", layout="full", memories=str(tmp_path)).bind("fp", DIM, 4, 64, "m")
+    ClaraStore(client=client, collection="ccc", layout="full").bind("fp", DIM, N_MEM, HIDDEN, "m")
     with pytest.raises(InputError, match="keeps no memories"):
-        ClaraStore(client=client, collection="c", memories=str(tmp_path)).count()
+        ClaraStore(client=client, collection="ccc", memories=str(tmp_path)).count()
+    with pytest.raises(InputError, match="3-512 characters"):
+        ClaraStore(client=client, collection="x").bind("fp", DIM, N_MEM, HIDDEN, "m")
     with pytest.raises(StoreError, match="layout='shared'"):
-        ClaraStore(client=client, collection="d", layout="pca").bind("fp", DIM, N_MEM, HIDDEN, "m")
+        ClaraStore(client=client, collection="ddd", layout="pca").bind("fp", DIM, N_MEM, HIDDEN, "m")
 
 
 @pytest.fixture(scope="module")
