@@ -8,6 +8,7 @@ of the top chunks to the generator; ``rerank`` reuses stored memories for known 
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import time
 import uuid
@@ -138,7 +139,7 @@ def _batch_bounds(n: int, batch_size: int, first: int = 0) -> list[tuple[int, in
     cuts += list(range(cuts[-1] + batch_size, n, batch_size))
     if cuts[-1] != n:
         cuts.append(n)
-    return list(zip(cuts, cuts[1:]))
+    return list(itertools.pairwise(cuts))
 
 
 class ClaraRAG:

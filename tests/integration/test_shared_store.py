@@ -107,7 +107,7 @@ def test_a_writer_killed_mid_run_then_rerun_stores_every_chunk_once(chroma_port,
     assert seed.wait(timeout=300) == 0  # the store and its projection exist; the next run adds batch by batch
     client = chromadb.HttpClient(host="127.0.0.1", port=chroma_port)
     seeded = client.get_collection("killed").count()
-    args = _index_args(chroma_port, "killed", s3_bucket, rest) + ["--batch-size", "8"]
+    args = [*_index_args(chroma_port, "killed", s3_bucket, rest), "--batch-size", "8"]
     proc = _clara(args, s3_bucket["env"])
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
@@ -121,7 +121,7 @@ def test_a_writer_killed_mid_run_then_rerun_stores_every_chunk_once(chroma_port,
     expected = _expected(model, corpus)
     assert 0 < partial < len(expected)
     rerun = _clara(args, s3_bucket["env"])
-    out, err = rerun.communicate(timeout=600)
+    _out, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
     store = _store(chroma_port, "killed", s3_bucket)
     assert {h.id: h.text for h in store.iter_records()} == expected
