@@ -1,4 +1,4 @@
-"""Memory shards in object storage (``clara_plugins.store.object_shards``): a real S3 server (moto), memory://, a folder.
+"""Memory shards in object storage (``store.object_shards``) on a real S3 server (moto), memory:// and a folder.
 
 Every damage case must raise ``StoreError`` naming the shard URL and the rows: damaged bytes never become numbers.
 """
