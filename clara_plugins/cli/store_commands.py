@@ -48,12 +48,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_info)
 
 
-def _existing_store(db: str, collection: str) -> Any:
-    """Open an existing local store without creating anything."""
-    args = argparse.Namespace(db=db, collection=collection, tenant=None, database=None, header=[], token_env=None)
-    return open_store(args, create=False)
-
-
 def _open_rag(args: argparse.Namespace, create: bool) -> Any:
     from clara_plugins.rag import ClaraRAG
 
