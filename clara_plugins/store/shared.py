@@ -7,8 +7,10 @@ append-only shard files (``object_shards.py``): each ``add`` writes one new shar
 its rows (shard, row, CRC-32). Nothing is ever overwritten, so any number of writers on any machines can add at
 once, and a writer killed between the two steps leaves only an unreferenced shard.
 
-A search asks Chroma's HNSW index for ``max(candidates, 4k)`` candidates by projected cosine, reads their memories
-by byte range (one request per shard, concurrent) and re-ranks them by exact CLaRa cosine.
+A search takes ``max(candidates, 4k)`` candidates from an exact scan of every chunk's projection that each client
+holds in memory (``shared_scan.py``: writers put a small scan file beside each shard; HNSW alone loses recall as the
+store grows), or from Chroma's HNSW index when a ``where`` filter is given, reads their memories by byte range (one
+request per shard, concurrent) and re-ranks them by exact CLaRa cosine.
 
 The projection is fitted once, on the first batch added (``ClaraRAG.index`` makes that batch ``REFIT_MAX_ROWS``
 chunks, see ``fit_rows_wanted``), and never refitted: refitting would rewrite every vector while other machines add.
@@ -41,6 +43,7 @@ from clara_plugins.store.records import (
     SHARD,
     ChunkRecord,
 )
+from clara_plugins.store.shared_scan import SharedScan, read_scan, scan_bytes, scan_name, shard_of_scan
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ class SharedLayout:
     def __init__(self, store: Any, col: Any, shards: ObjectShards) -> None:
         self.store, self.col, self.shards = store, col, shards
         self._projection: Projection | None = None
+        self._scan: SharedScan | None = None
+        self.refresh_s = 1.0  # how stale the view of other clients' writes may be (unfiltered searches)
 
     @classmethod
     def open(cls, store: Any, col: Any) -> SharedLayout:
@@ -137,16 +142,31 @@ class SharedLayout:
         return REFIT_MAX_ROWS if self.projection() is None else 0
 
     # ------------------------------------------------------------------ the layout protocol
+    def scan(self) -> SharedScan | None:
+        """This client's exact scan of every chunk's projection (None before the projection exists)."""
+        proj = self.projection()
+        if proj is None:
+            return None
+        if self._scan is None:
+            self._scan = SharedScan(self.shards, proj.key, proj.basis.shape[1], self.refresh_s)
+        return self._scan
+
     def add(self, col: Any, records: Sequence[ChunkRecord], memories: np.ndarray, metas: list[dict]) -> None:
-        """Write one shard of the memories, then upsert the records pointing at its rows."""
+        """Write one shard of the memories and its scan file, then upsert the records pointing at its rows."""
         proj = self.projection() or self._claim(memories)
         locations = self.shards.write(memories)
+        shard, rows, ids = locations[0].shard, [loc.row for loc in locations], [r.id for r in records]
+        vectors = proj.project(memories)
+        self.shards._put(scan_name(shard), scan_bytes(ids, rows, vectors, proj.key), create=True)
         col.upsert(
-            ids=[r.id for r in records],
+            ids=ids,
             embeddings=proj.docs(memories),
             documents=[r.text for r in records],
             metadatas=[{**m, SHARD: loc.shard, ROW: loc.row, CRC: loc.crc} for m, loc in zip(metas, locations)],
         )
+        scan = self.scan()
+        assert scan is not None
+        scan.add(shard, ids, rows, vectors)
 
     def memories(self, col: Any, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """The records' memories, read by byte range from their shards."""
@@ -157,12 +177,20 @@ class SharedLayout:
         return {cid: mems[i] for i, cid in enumerate(found)}
 
     def search(self, col: Any, queries: np.ndarray, k: int, where: dict | None) -> list[list[Candidate]]:
-        """HNSW candidates over the projections, re-ranked by exact cosine of their memories."""
+        """Candidates from the exact scan (HNSW with a ``where`` filter), re-ranked by exact cosine of memories."""
         proj = self.projection()
         if proj is None:  # nothing added yet
             return [[] for _ in queries]
         n_cand = max(self.store.candidates, 4 * k)
-        candidates = ann_candidates(col, proj.queries(queries), n_cand, where, self.store.where)
+        if where is None:
+            candidates = self._scan_candidates(col, queries, proj, n_cand)
+            missing = [i for i, cands in enumerate(candidates) if cands is None]
+            if missing:  # mostly stale rows among the scan's candidates: ask HNSW for those questions
+                hnsw = ann_candidates(col, proj.queries(queries[missing]), n_cand, None, self.store.where)
+                for i, cands in zip(missing, hnsw):
+                    candidates[i] = cands
+        else:
+            candidates = ann_candidates(col, proj.queries(queries), n_cand, where, self.store.where)
         wanted = list(dict.fromkeys(cid for cands in candidates for cid, _, _ in cands))
         metas = {cid: meta for cands in candidates for cid, meta, _ in cands}
         rows = self.shards.read([_location(metas[cid]) for cid in wanted]) if wanted else None
@@ -172,6 +200,72 @@ class SharedLayout:
             mems = torch_float(rows[[pos[cid] for cid, _, _ in cands]]) if cands else None
             out.append(rerank(cands, mems, queries[qi], k))
         return out
+
+    def _scan_candidates(self, col: Any, q: np.ndarray, proj: Projection, n_cand: int) -> list[list | None]:
+        """Per question the live ``(id, metadata, text)`` of the scan's top rows; None when too few are live."""
+        scan = self.scan()
+        assert scan is not None
+        scan.refresh()
+        tops = scan.top(proj.project_queries(q), n_cand)
+        records = get_by_ids(col, [cid for top in tops for cid, _, _ in top], ["metadatas", "documents"])
+        out: list[list | None] = []
+        for top in tops:
+            # live: the record exists and still points at this shard and row (re-indexed chunks get new rows)
+            live = [
+                (cid, records[cid][0], records[cid][1] or "")
+                for cid, shard, row in top
+                if cid in records and records[cid][0][SHARD] == shard and int(records[cid][0][ROW]) == row
+            ]
+            out.append(live if len(top) < n_cand or len(live) >= n_cand // 2 else None)
+        return out
+
+    # ------------------------------------------------------------------ verify and repair
+    def scan_problems(self, records: dict[str, tuple[dict, str | None]]) -> list[str]:
+        """Scan files that cannot be read, and records without their row in their shard's scan file."""
+        damaged, missing = self._scan_damage(records)
+        out = [f"damaged scan file {self.shards.url}/{name}" for name in damaged]
+        if missing:
+            out.append(f"{len(missing)} record(s) have no row in their shard's scan file: {missing[:10]}")
+        return out
+
+    def repair_scan(self, records: dict[str, tuple[dict, str | None]]) -> str:
+        """Write again, from Chroma's records and the shards' memories, every scan file that is damaged or lacks
+        a record (only rows of records that Chroma holds are kept)."""
+        damaged, missing = self._scan_damage(records)
+        shards = {str(records[c][0][SHARD]) for c in missing} | {shard_of_scan(n) for n in damaged}
+        proj = self.projection()
+        assert proj is not None
+        for shard in sorted(shards):
+            items = sorted((int(m[ROW]), cid, m) for cid, (m, _) in records.items() if m[SHARD] == shard)
+            metas = [m for _, _, m in items]
+            vectors = proj.project(self.shards.read([_location(m) for m in metas])) if metas else np.zeros((0, 1))
+            data = scan_bytes([c for _, c, _ in items], [r for r, _, _ in items], vectors, proj.key)
+            self.shards._put(scan_name(shard), data, create=False)
+        self._scan = None  # reload every scan file
+        return f"wrote {len(shards)} scan file(s) again from the shards' memories"
+
+    def _scan_damage(self, records: dict[str, tuple[dict, str | None]]) -> tuple[list[str], list[str]]:
+        """``(unreadable scan files, ids of records with no row in them)``."""
+        fresh = self.scan()
+        if fresh is None:
+            return [], []
+        have: set[tuple[str, str, int]] = set()
+        damaged: list[str] = []
+        listing = SharedScan(self.shards, fresh.key, fresh.width)._listing()
+        blobs = self.shards.fs.cat([f"{self.shards.root}/{n}" for n in listing], on_error="return") if listing else {}
+        for name in listing:
+            data = blobs.get(f"{self.shards.root}/{name}")
+            try:
+                if isinstance(data, BaseException) or data is None:
+                    raise StoreError(str(data))
+                ids, rows, _, _ = read_scan(data, name)
+            except StoreError:
+                damaged.append(name)
+                continue
+            shard = shard_of_scan(name)
+            have.update((cid, shard, int(r)) for cid, r in zip(ids, rows))
+        missing = [c for c, (m, _) in records.items() if (c, str(m[SHARD]), int(m[ROW])) not in have]
+        return damaged, missing
 
     def index_width(self, col: Any) -> int:
         """The augmented projection's width."""

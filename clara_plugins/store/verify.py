@@ -112,7 +112,8 @@ def _check_scan(store: ClaraStore, records: dict[str, tuple[dict, str | None]]) 
     """Problems of the exact scan (``pca``): unreadable, rows failing their CRC, rows not holding their record's id."""
     pca = _pca(store)
     if pca is None:
-        return []
+        layout = store._layout_of()
+        return layout.scan_problems(records) if hasattr(layout, "scan_problems") else []
     try:
         pca.open_scan(pca.projection())
         scan = pca.scan
@@ -250,6 +251,10 @@ def _repair(store: ClaraStore, col: Any, records: dict[str, tuple[dict, str | No
                 pca.rebuild_scan(scan, proj, pca.rows_to_ids())
             pca.scan = scan
             report.repaired.append(f"rebuilt the scan files ({pca.sidecar.committed} rows)")
+            report.scan_problems = _check_scan(store, records)
+        layout = store._layout_of()
+        if report.scan_problems and pca is None and hasattr(layout, "repair_scan") and not report.bad_memories:
+            report.repaired.append(layout.repair_scan(records))
             report.scan_problems = _check_scan(store, records)
         lost = [c for c in report.not_in_hnsw if c not in set(report.bad_memories) | set(report.bad_texts)]
         if lost and pca is not None:

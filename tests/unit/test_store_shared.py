@@ -167,3 +167,44 @@ def test_recall_at_10_against_the_exact_ranking_on_real_chunks(bundled_rag):
         [len({h.id for h in hits} & {ids[j] for j in _exact_top(q[i], mems, 10)}) / 10 for i, hits in enumerate(got)]
     )
     assert recall >= 0.98, recall
+
+
+def test_a_reader_sees_other_clients_writes_after_its_refresh_interval(tmp_path):
+    client = chromadb.PersistentClient(path=str(tmp_path / "db"))
+    writer = _shared(tmp_path, client=client)
+    x = _vectors(100)
+    writer.add(_records(50), x[:50])
+    reader = ClaraStore(client=client)
+    assert [h.id for h in reader.search(x[3][None], k=1)[0]] == ["d3#0"]
+    writer.add(_records(50, offset=50), x[50:])  # another client's write: in the reader's scan after a refresh
+    reader._layout_of().scan().refresh(force=True)
+    assert [h.id for h in reader.search(x[77][None], k=1)[0]] == ["d77#0"]
+    assert len(reader._layout_of().scan()) == 100
+
+
+def test_a_reindexed_chunk_is_found_once_with_its_new_memory(tmp_path):
+    store = _shared(tmp_path)
+    x = _vectors(80)
+    store.add(_records(80), x)
+    moved = x[5] * -1.0  # d5#0 written again with another memory: its old scan row is stale
+    store.add(_records(1, offset=5), moved[None])
+    hits = store.search(moved[None], k=80)[0]
+    assert [h.id for h in hits].count("d5#0") == 1 and hits[0].id == "d5#0"
+    np.testing.assert_allclose(store.get_memories(["d5#0"])[0], moved.astype(np.float16))
+
+
+def test_a_damaged_scan_file_is_an_error_and_check_repair_rewrites_it(tmp_path):
+    store = _shared(tmp_path)
+    x = _vectors(60)
+    store.add(_records(60), x)
+    (scan_file,) = sorted((tmp_path / "memories" / "scans").glob("*.scan"))
+    scan_file.write_bytes(scan_file.read_bytes()[:-40])
+    fresh = ClaraStore(client=store.client)
+    with pytest.raises(StoreError, match="scan file"):
+        fresh.search(x[:1], k=3)
+    report = fresh.verify()
+    assert not report.ok and any("damaged scan file" in p for p in report.scan_problems)
+    repaired = fresh.verify(repair=True)
+    assert repaired.ok, repaired.lines()
+    again = ClaraStore(client=store.client)
+    assert [h.id for h in again.search(x[9][None], k=1)[0]] == ["d9#0"]
