@@ -306,6 +306,15 @@ class ClaraStore:
         self._check_format()
         self._open_layout()
         logger.info("created CLaRa store %r (%s layout, %d-d memories)", self.name, layout, memory_dim)
+        if layout == "full" and memory_dim > self.full_max_dim:
+            logger.warning(
+                "store %r keeps %d-d memories whole in Chroma (%d KB of fp32 per chunk in the server's HNSW memory); "
+                "for a server store of wide memories use layout='shared' with memories='s3://bucket/prefix' "
+                "(clara index --memories URL), see docs/store.md",
+                self.name,
+                memory_dim,
+                memory_dim * 4 // 1024,
+            )
 
     def _open_layout(self) -> None:
         name = self._col.metadata[keys.LAYOUT]
