@@ -34,7 +34,7 @@ import torch
 
 from clara_plugins.rag import ClaraRAG
 from clara_plugins.store import DEFAULT_HNSW, ChunkRecord, ClaraStore
-from clara_plugins.store_checks import row_crcs, text_hash
+from clara_plugins.store.checks import row_crcs, text_hash
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FP16 = 2
@@ -247,7 +247,7 @@ def part_tiny(args: argparse.Namespace, root: Path) -> None:
         )
     bare_s = time.perf_counter() - t1
     rows = [
-        (f"chunks indexed ({len(docs)} SciFact abstracts), layout", f"{n}, {rag.store.mode}", ""),
+        (f"chunks indexed ({len(docs)} SciFact abstracts), layout", f"{n}, {rag.store.layout}", ""),
         ("compressor time (s)", f"{res.compress_s:.1f}", ""),
         ("store time: lookups + Chroma writes (s)", f"{res.store_s:.1f}", ""),
         ("chunking time (s)", f"{res.chunk_s:.1f}", ""),
@@ -260,9 +260,9 @@ def part_tiny(args: argparse.Namespace, root: Path) -> None:
         ("  of which chunk text bytes per chunk", f"{np.mean([len(r.text.encode()) for r in recs]):.0f}", ""),
     ]
     qs = questions(args.queries)
-    rows += search_rows(rag, qs, f"{n // 1000}k {rag.store.mode}")
+    rows += search_rows(rag, qs, f"{n // 1000}k {rag.store.layout}")
     # the alternative layout on the same chunks and memories
-    other = "full" if rag.store.mode == "pca" else "pca"
+    other = "full" if rag.store.layout == "pca" else "pca"
     alt = ClaraRAG(model, ClaraStore(path=root / "alt", layout=other))
     alt_s = copy_store(rag.store, alt.store, ids, flat, model)
     rows += [(f"{other} layout: store.add of the same chunks (s)", f"{alt_s:.1f}", "")]
@@ -289,10 +289,10 @@ def grow(rag: ClaraRAG, args: argparse.Namespace, root: Path, stored: set[str]) 
     ]
     qs = questions(args.queries)
     exact = exact_top(rag, qs)
-    for cand in args.cand_sweep if rag.store.mode == "pca" else [None]:
+    for cand in args.cand_sweep if rag.store.layout == "pca" else [None]:
         if cand is not None:
             rag.store.candidates = cand
-        label = f"{n // 1000}k {rag.store.mode}" + (f" candidates={cand}" if cand else "")
+        label = f"{n // 1000}k {rag.store.layout}" + (f" candidates={cand}" if cand else "")
         rows += search_rows(rag, qs, label, exact=exact)
     table(f"tiny width, grown to {n} real chunks", rows)
 
@@ -367,8 +367,8 @@ def part_wide(args: argparse.Namespace, root: Path) -> None:
         store.add(synthetic_records([text], start, len(x)), x)
         took = time.perf_counter() - t0
         add_s += took
-        if store._current_projection().fit_rows != fitted:  # this add (re)fitted the projection
-            fitted, refit_s = store._current_projection().fit_rows, refit_s + took
+        if store._layout_of().projection().fit_rows != fitted:  # this add (re)fitted the projection
+            fitted, refit_s = store._layout_of().projection().fit_rows, refit_s + took
     disk = disk_bytes(root / "wide")
     z = np.concatenate(zs)
     qidx = np.random.default_rng(1).integers(0, n, args.queries)

@@ -207,8 +207,8 @@ def ask_one(rag: Any, q: dict[str, Any], bm25: BM25, chunk_doc_ids: list[str], n
 
 def stored_chunks(store: Any) -> tuple[list[str], list[str]]:
     """``(texts, doc_ids)`` of every chunk in the store."""
-    res = store._collection().get(include=["documents", "metadatas"])
-    return list(res["documents"]), [m["clara_doc"] for m in res["metadatas"]]
+    hits = list(store.iter_records())
+    return [h.text for h in hits], [h.doc_id for h in hits]
 
 
 def run_demo(

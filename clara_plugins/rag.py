@@ -8,6 +8,7 @@ of the top chunks to the generator; ``rerank`` reuses stored memories for known 
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import time
 import uuid
@@ -21,7 +22,7 @@ import torch
 
 from clara_plugins.errors import InputError, MissingExtraError, StoreError
 from clara_plugins.store import ChunkRecord, ClaraStore, Hit, validate_metadata
-from clara_plugins.store_checks import text_hash
+from clara_plugins.store.checks import text_hash
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,16 @@ def _doc_spans(records: list[ChunkRecord]) -> dict[str, tuple[int, int]]:
     return spans
 
 
+def _batch_bounds(n: int, batch_size: int, first: int = 0) -> list[tuple[int, int]]:
+    """``(start, end)`` of each indexing step: ``batch_size`` chunks, the first one ``first`` when larger (a store
+    that fits its projection once wants it fitted on many chunks)."""
+    cuts = [0, min(n, max(first, batch_size))] if n else [0]
+    cuts += list(range(cuts[-1] + batch_size, n, batch_size))
+    if cuts[-1] != n:
+        cuts.append(n)
+    return list(itertools.pairwise(cuts))
+
+
 class ClaraRAG:
     """Index, search, rerank and answer with one CLaRa model over one store.
 
@@ -212,8 +223,8 @@ class ClaraRAG:
         spans = _doc_spans(records)
         kept: dict[str, dict[str, np.ndarray]] = {}  # replaced document -> its old memories by hash, while needed
         deleted: set[str] = set()
-        for start in range(0, len(records), batch_size):
-            batch = records[start : start + batch_size]
+        for start, end in _batch_bounds(len(records), batch_size, self.store.fit_rows_wanted() if records else 0):
+            batch = records[start:end]
             t0 = time.perf_counter()
             old = list(dict.fromkeys(r.doc_id for r in batch if r.doc_id in stale and r.doc_id not in deleted))
             if old:  # unchanged chunks keep their memories: look them up before deleting the stale chunks
@@ -221,7 +232,7 @@ class ClaraRAG:
                 self.store.delete(doc_ids=old)
                 deleted.update(old)
             reuse = {h: m for d in {r.doc_id for r in batch} for h, m in kept.get(d, {}).items()}
-            for d in [d for d in kept if spans[d][1] <= start + batch_size]:
+            for d in [d for d in kept if spans[d][1] <= end]:
                 del kept[d]
             mems = self._memories_for_records(batch, result, reuse)
             t1 = time.perf_counter()

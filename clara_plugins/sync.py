@@ -30,10 +30,9 @@ class SyncResult:
 def stored_documents(store: Any) -> dict[str, dict[str, Any]]:
     """Per stored document id: ``{"source": file or None, "chunks": n}``."""
     docs: dict[str, dict[str, Any]] = {}
-    for _, metas in store._metadata_pages(store._collection()):  # paged: one get of all rows hits SQLite's limit
-        for meta in metas:
-            doc = docs.setdefault(meta["clara_doc"], {"source": meta.get("source"), "chunks": 0})
-            doc["chunks"] += 1
+    for hit in store.iter_records(texts=False):
+        doc = docs.setdefault(hit.doc_id, {"source": hit.metadata.get("source"), "chunks": 0})
+        doc["chunks"] += 1
     return docs
 
 

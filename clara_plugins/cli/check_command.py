@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from clara_plugins.cli.store_options import add_db_args, open_store
+
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -13,15 +15,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "HNSW index) finds it. With --repair, rebuild the scan files and put records HNSW lost back into it; "
         "damaged texts and memories are reported (re-index their documents). Exit code 0 when no problem is left.",
     )
-    p.add_argument("--db", required=True, help="store folder")
-    p.add_argument("--collection", default="clara")
+    add_db_args(p, model=False)
     p.add_argument("--repair", action="store_true", help="rebuild what is derived")
     p.set_defaults(func=_check)
 
 
 def _check(args: argparse.Namespace) -> int:
-    from clara_plugins.cli.store_commands import _existing_store
-
-    report = _existing_store(args.db, args.collection).verify(repair=args.repair)
+    report = open_store(args, create=False).verify(repair=args.repair)
     print("\n".join(report.lines()))
     return 0 if report.ok else 1

@@ -41,12 +41,25 @@ def add_index_args(p: argparse.ArgumentParser) -> None:
     """Options shared by ``index`` and ``sync``."""
     p.add_argument("--batch-size", type=int, default=64, help="chunks compressed per step (default 64)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--layout", choices=["auto", "full", "pca"], default="auto", help="layout of a new store")
+    p.add_argument(
+        "--layout",
+        choices=["auto", "full", "pca", "shared"],
+        default="auto",
+        help="layout of a new store (default auto: 'shared' with --memories, 'pca' for wide memories in a folder, "
+        "else 'full'; see docs/store.md)",
+    )
+    p.add_argument(
+        "--memories",
+        default=None,
+        metavar="URL",
+        help="'shared' layout: fsspec URL where a new store keeps its memory shards (s3://bucket/prefix, gs://..., "
+        "a shared folder); every client then finds it in the store",
+    )
     p.add_argument(
         "--memory-dtype",
         choices=["float16", "float32", "int8"],
         default="float16",
-        help="how a new 'pca' store keeps memories (int8: about half the bytes of float16; see docs/store.md)",
+        help="how a new 'pca' or 'shared' store keeps memories (int8: about half the bytes of float16; docs/store.md)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--text-field", default="text", metavar="NAME", help="text field of .jsonl lines (default: text)")

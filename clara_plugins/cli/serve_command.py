@@ -6,9 +6,9 @@ import argparse
 import dataclasses
 import logging
 from typing import Any
-from urllib.parse import urlparse
 
-from clara_plugins.errors import MissingExtraError, StoreError
+from clara_plugins.cli.store_options import add_db_args
+from clara_plugins.errors import MissingExtraError
 
 logger = logging.getLogger(__name__)
 
@@ -16,10 +16,7 @@ logger = logging.getLogger(__name__)
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``clara serve``."""
     p = subparsers.add_parser("serve", help="serve a store over an OpenAI-compatible HTTP API")
-    p.add_argument("--db", required=True, help="store folder, or http(s)://HOST:PORT of a Chroma server")
-    p.add_argument("--model", default=None, help="model (default: the one recorded in the store; 'tiny' for new)")
-    p.add_argument("--collection", default="clara")
-    p.add_argument("--device", default=None)
+    add_db_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model-name", default=None, help="model id clients send (default: the --model value)")
@@ -36,30 +33,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def _open_store(db: str, collection: str) -> Any:
-    """A folder store (created if new) or a store on a Chroma server given by URL."""
-    from clara_plugins.store import ClaraStore
-
-    url = urlparse(db)
-    if url.scheme not in {"http", "https"}:
-        return ClaraStore(path=db, collection=collection)
-    import chromadb
-
-    if not url.hostname:
-        msg = f"--db {db!r} has no host; use http://HOST:PORT"
-        raise StoreError(msg)
-    port = url.port or (443 if url.scheme == "https" else 8000)
-    client = chromadb.HttpClient(host=url.hostname, port=port, ssl=url.scheme == "https")
-    return ClaraStore(client=client, collection=collection)
-
-
 def open_rag(args: argparse.Namespace) -> tuple[Any, str]:
-    """The ``ClaraRAG`` to serve and the model's name."""
-    from clara_plugins.rag import ClaraRAG
+    """The ``ClaraRAG`` to serve (the store is created if new) and the model's name."""
+    from clara_plugins.cli.store_commands import _open_rag
 
-    store = _open_store(args.db, args.collection)
-    model = args.model or (store.meta.get("clara_model") if store.exists() else None) or "tiny"
-    return ClaraRAG.from_pretrained(model, store=store, device=args.device), str(model)
+    rag = _open_rag(args, create=True)
+    return rag, str(args.model or rag.store.meta.get("clara_model") or "tiny")
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:

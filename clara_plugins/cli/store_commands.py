@@ -48,12 +48,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_info)
 
 
-def _existing_store(db: str, collection: str) -> Any:
-    """Open an existing local store without creating anything."""
-    args = argparse.Namespace(db=db, collection=collection, tenant=None, database=None, header=[], token_env=None)
-    return open_store(args, create=False)
-
-
 def _open_rag(args: argparse.Namespace, create: bool) -> Any:
     from clara_plugins.rag import ClaraRAG
 
@@ -135,11 +129,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(dataclasses.asdict(info)))
         return 0
-    print(f"store       {info.path} (collection {info.collection!r}, {info.mode} layout)")
+    print(f"store       {info.path} (collection {info.collection!r}, {info.layout} layout)")
     print(f"model       {info.model_source} (fingerprint {info.fingerprint})")
     print(f"documents   {info.n_docs}")
     print(f"chunks      {info.n_chunks}")
-    print(f"memory      {info.n_mem} x {info.hidden_size} = {info.memory_dim} numbers per chunk")
+    print(f"memory      {info.n_mem} x {info.hidden_size} = {info.memory_dim} numbers per chunk ({info.memory_dtype})")
+    if info.memories_url:
+        print(f"memories    {info.memories_url}")
     print(f"hnsw        {info.hnsw}")
     if info.disk_bytes is not None:
         print(f"disk        {info.disk_bytes / 2**20:.1f} MiB")

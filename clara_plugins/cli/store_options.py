@@ -5,6 +5,7 @@ token from an environment variable)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,15 @@ def add_db_args(p: argparse.ArgumentParser, model: bool = True) -> None:
         default=TOKEN_ENV,
         metavar="VAR",
         help=f"environment variable holding a bearer token for the server (default: {TOKEN_ENV}; read when set)",
+    )
+    storage = p.add_argument_group("object storage (stores in the 'shared' layout)")
+    storage.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option for the memories URL, e.g. endpoint_url=http://127.0.0.1:9000 (repeat; JSON values "
+        "are parsed). Credentials may also come from the usual environment variables (AWS_ACCESS_KEY_ID...)",
     )
     if model:
         p.add_argument("--model", default=None, help="model (default: the one recorded in the store; 'tiny' for new)")
@@ -86,6 +96,21 @@ def http_client(args: argparse.Namespace) -> Any:
     return client
 
 
+def storage_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--storage-option KEY=VALUE`` as a dict (a value that parses as JSON is used parsed: ``anon=true``)."""
+    out: dict[str, Any] = {}
+    for item in getattr(args, "storage_option", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            msg = f"--storage-option must be KEY=VALUE, got {item!r}"
+            raise InputError(msg)
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
 def _refuse_server_options(args: argparse.Namespace) -> None:
     given = [f"--{n}" for n in ("tenant", "database", "header") if getattr(args, n, None)]
     if given:
@@ -101,16 +126,20 @@ def open_store(args: argparse.Namespace, create: bool) -> Any:
     """
     from clara_plugins.store import ClaraStore
 
-    layout = getattr(args, "layout", "auto")
-    dtype = getattr(args, "memory_dtype", "float16")
+    kwargs = {
+        "layout": getattr(args, "layout", "auto"),
+        "memory_dtype": getattr(args, "memory_dtype", "float16"),
+        "memories": getattr(args, "memories", None),
+        "storage_options": storage_options(args),
+    }
     if is_url(args.db):
-        store = ClaraStore(client=http_client(args), collection=args.collection, layout=layout, memory_dtype=dtype)
+        store = ClaraStore(client=http_client(args), collection=args.collection, **kwargs)
     else:
         _refuse_server_options(args)
         if not create and not (Path(args.db) / "chroma.sqlite3").is_file():
             msg = f"no CLaRa store in {args.db!r}; build one first with `clara index --db {args.db} PATH...`"
             raise StoreError(msg)
-        store = ClaraStore(path=args.db, collection=args.collection, layout=layout, memory_dtype=dtype)
+        store = ClaraStore(path=args.db, collection=args.collection, **kwargs)
     if not create and not store.exists():
         msg = f"no collection {args.collection!r} in {args.db!r}; build it with `clara index --db {args.db} PATH...`"
         raise StoreError(msg)

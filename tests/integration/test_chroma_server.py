@@ -20,7 +20,7 @@ def server(chroma_port):
 
 def test_index_search_ask_through_server(server, tiny_model, passages):
     rag = ClaraRAG(tiny_model, ClaraStore(client=server, collection="served"))
-    assert rag.store.mode == "full" and rag.store.local_folder is None
+    assert rag.store.layout == "full" and rag.store.local_folder is None
     rag.index(passages[:6], metadatas=[{"i": i} for i in range(6)], show_progress=False)
     n = rag.store.count()
     rag.index(passages[:6], metadatas=[{"i": i} for i in range(6)], show_progress=False)

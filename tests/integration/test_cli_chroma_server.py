@@ -67,7 +67,7 @@ def test_cli_life_cycle_on_a_server(capsys, port, model_dir, passages, tmp_path,
     res = _json(capsys, "delete", *server, "--json", str((docs / "p0.txt").resolve()))
     info = _json(capsys, "info", *server, "--json")
     assert info["n_docs"] == 2 and info["n_chunks"] == res["store_chunks"] == ours.get_collection("clara").count()
-    assert info["path"] is None and info["mode"] == "full"
+    assert info["path"] is None and info["layout"] == "full"
 
     # the default database of the same server holds no store: a clear error, nothing created
     assert main(["info", "--db", url]) == 1

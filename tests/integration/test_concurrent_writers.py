@@ -21,7 +21,7 @@ res = col.get(include=["metadatas"])
 by_source = {}
 for cid, meta in zip(res["ids"], res["metadatas"]):
     by_source.setdefault(meta["source"], set()).add(cid)
-width = int(col.metadata["clara_ann_dim"]) + (1 if store.mode == "pca" else 0)
+width = int(col.metadata["clara_ann_dim"]) + (1 if store.layout == "pca" else 0)
 found = {}
 for source, ids in by_source.items():
     got = col.query(query_embeddings=np.ones((1, width)), n_results=len(ids), where={"source": source}, include=[])

@@ -90,7 +90,7 @@ def test_kill_then_rerun_completes_exactly(tmp_path, tiny_model, model_dir, pass
 
     store = ClaraStore(path=db)
     store.bind(tiny_model.fingerprint, tiny_model.memory_dim, tiny_model.n_mem, tiny_model.hidden_size, None)
-    assert store.mode == layout
+    assert store.layout == layout
     records = store._collection().get(include=["metadatas"])
     assert len(records["ids"]) == len(set(records["ids"])) == expected == store.count()
     status = store.doc_status([f"p{i}" for i in range(len(texts))])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from clara_plugins.store import ChunkRecord, ClaraStore
-from clara_plugins.store_checks import text_hash
+from clara_plugins.store.checks import text_hash
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ _WRITER = """
 import sys
 import numpy as np
 from clara_plugins.store import ChunkRecord, ClaraStore
-from clara_plugins.store_checks import text_hash
+from clara_plugins.store.checks import text_hash
 store = ClaraStore(path=sys.argv[1])
 texts = [f"record b{i}" for i in range(int(sys.argv[2]))]
 recs = [ChunkRecord(f"b{i}#0", t, f"b{i}", 0, 1, 0, 1, "d", text_hash(t)) for i, t in enumerate(texts)]

@@ -69,7 +69,7 @@ def test_index_info_search_ask(capsys, tmp_path, corpus, model_dir, passages):
     assert code == 0 and "skipped 5 already stored" in out
     code, out, _ = _run(capsys, "info", "--db", db, "--json")
     info = json.loads(out)
-    assert (info["n_docs"], info["model_source"], info["mode"]) == (5, model_dir, "full")
+    assert (info["n_docs"], info["model_source"], info["layout"]) == (5, model_dir, "full")
     assert info["n_chunks"] >= 5
     code, out, _ = _run(capsys, "search", "--db", db, "-k", "3", "--json", "Who is the editor?")
     hits = json.loads(out)["hits"]

@@ -1,4 +1,4 @@
-"""Memory shards in object storage (``clara_plugins.object_shards``) on a real S3 server (moto), memory:// and a folder.
+"""Memory shards in object storage (``store.object_shards``) on a real S3 server (moto), memory:// and a folder.
 
 Every damage case must raise ``StoreError`` naming the shard URL and the rows: damaged bytes never become numbers.
 """
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from clara_plugins.errors import ConfigError, InputError, StoreError
-from clara_plugins.object_shards import HEADER_SIZE, ObjectShards, RowLocation, ShardHeader, _merge
 from clara_plugins.quantize import dequantize_rows, quantize_rows
+from clara_plugins.store.object_shards import HEADER_SIZE, ObjectShards, RowLocation, ShardHeader, _merge
 
 DIM, GROUP = 256, 64
 BACKENDS = ["s3", "memory", "local"]
@@ -91,7 +91,7 @@ def test_two_processes_write_one_prefix_at_once(backend, tmp_path):
     go = tmp_path / "go"
     script = textwrap.dedent(f"""
         import json, pathlib, sys, time, numpy as np
-        from clara_plugins.object_shards import ObjectShards
+        from clara_plugins.store.object_shards import ObjectShards
         store = ObjectShards({backend["url"]!r}, {DIM})
         while not pathlib.Path({str(go)!r}).exists():
             time.sleep(0.01)
@@ -225,7 +225,7 @@ def test_missing_s3fs_names_the_package():
         import sys
         sys.modules["s3fs"] = None  # as if s3fs were not installed
         from clara_plugins.errors import StoreError
-        from clara_plugins.object_shards import ObjectShards
+        from clara_plugins.store.object_shards import ObjectShards
         try:
             ObjectShards("s3://bucket/prefix", 4)
         except StoreError as err:

@@ -10,7 +10,7 @@ import textwrap
 import filelock
 import pytest
 
-from clara_plugins.store_sidecar import SidecarMemories
+from clara_plugins.store.sidecar import SidecarMemories
 
 _WITHOUT_FCNTL = textwrap.dedent(
     """
@@ -19,7 +19,7 @@ _WITHOUT_FCNTL = textwrap.dedent(
     import numpy as np
     import clara_plugins
     from clara_plugins.store import ChunkRecord, ClaraStore
-    from clara_plugins.store_checks import text_hash
+    from clara_plugins.store.checks import text_hash
 
     store = ClaraStore(path=sys.argv[1], layout="pca", ann_dim=8)
     store.bind("fp", 64, 4, 16, "m")
@@ -27,7 +27,7 @@ _WITHOUT_FCNTL = textwrap.dedent(
     recs = [ChunkRecord(f"d{i}#0", f"t{i}", f"d{i}", 0, 2, 0, 1, f"h{i}", text_hash(f"t{i}"), {}) for i in range(20)]
     store.add(recs, rows)
     assert np.allclose(store.get_memories(["d7#0"]), rows[7], atol=1e-2)
-    print("ok", store.mode)
+    print("ok", store.layout)
     """
 )
 
@@ -43,7 +43,7 @@ def test_import_and_pca_store_without_fcntl(tmp_path):
 _HOLD = textwrap.dedent(
     """
     import sys, time
-    from clara_plugins.store_sidecar import SidecarMemories
+    from clara_plugins.store.sidecar import SidecarMemories
 
     with SidecarMemories(sys.argv[1], 8).write_lock():
         print("locked", flush=True)

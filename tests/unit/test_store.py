@@ -10,7 +10,7 @@ import pytest
 
 from clara_plugins.errors import InputError, ModelMismatchError, StoreError
 from clara_plugins.store import ChunkRecord, ClaraStore, validate_metadata
-from clara_plugins.store_checks import text_hash
+from clara_plugins.store.checks import text_hash
 
 DIM, N_MEM, HIDDEN = 256, 4, 64
 
@@ -57,7 +57,7 @@ def test_search_ranks_like_exact_cosine(tmp_path, layout):
     store = _open(tmp_path, layout=layout, ann_dim=32)
     x = _vectors(300)
     store.add(_records(300), x)
-    assert store.mode == layout
+    assert store.layout == layout
     assert store.count() == 300
     rng = np.random.default_rng(1)
     for qi in range(5):
@@ -137,12 +137,12 @@ def test_empty_store_search_and_missing_store(tmp_path):
 def test_pca_recovers_after_crash_before_chroma_write(tmp_path):
     store = _open(tmp_path, layout="pca", ann_dim=32)
     store.add(_records(10), _vectors(10))
-    side = store._sidecar
+    side = store._layout_of().sidecar
     side.append(_vectors(5, seed=3))  # rows written, process "dies" before the Chroma records exist
     with open(side.data_path, "ab") as f:
         f.write(b"\x00" * 7)  # and a half-written row
     reopened = _open(tmp_path)
-    assert reopened._sidecar.file_rows() == 10 == reopened._sidecar.committed
+    assert reopened._layout_of().sidecar.file_rows() == 10 == reopened._layout_of().sidecar.committed
     reopened.add(_records(2, offset=10), _vectors(2, seed=4))
     assert reopened.count() == 12
     np.testing.assert_allclose(reopened.get_memories(["d11#0"]), _vectors(2, seed=4)[1:], atol=1e-2)
@@ -151,18 +151,18 @@ def test_pca_recovers_after_crash_before_chroma_write(tmp_path):
 def test_pca_recovers_after_crash_before_commit(tmp_path):
     store = _open(tmp_path, layout="pca", ann_dim=32)
     store.add(_records(10), _vectors(10))
-    state = json.loads(store._sidecar.state_path.read_text())
+    state = json.loads(store._layout_of().sidecar.state_path.read_text())
     store.add(_records(4, offset=10), _vectors(4, seed=2))
-    store._sidecar.state_path.write_text(json.dumps(state))  # Chroma has the rows, the commit was lost
+    store._layout_of().sidecar.state_path.write_text(json.dumps(state))  # Chroma has the rows, the commit was lost
     reopened = _open(tmp_path)
-    assert reopened._sidecar.committed == 14
+    assert reopened._layout_of().sidecar.committed == 14
     np.testing.assert_allclose(reopened.get_memories(["d13#0"]), _vectors(4, seed=2)[3:], atol=1e-2)
 
 
 def test_damaged_pca_store_is_reported(tmp_path):
     store = _open(tmp_path, layout="pca", ann_dim=32)
     store.add(_records(10), _vectors(10))
-    store._sidecar.data_path.write_bytes(b"")
+    store._layout_of().sidecar.data_path.write_bytes(b"")
     with pytest.raises(StoreError, match="damaged"):
         _open(tmp_path).count()
 
@@ -185,7 +185,7 @@ def test_pca_projection_is_refitted_as_the_store_grows(tmp_path):
     x = _vectors(200)
     for start in range(0, 200, 10):  # small batches: the first fit sees only 10 chunks
         store.add(_records(10, offset=start), x[start : start + 10])
-    assert store._current_projection().fit_rows >= 100
+    assert store._layout_of().projection().fit_rows >= 100
     rng = np.random.default_rng(5)
     for qi in range(5):
         q = x[qi * 11] + 0.2 * rng.standard_normal(DIM).astype(np.float32)
@@ -193,16 +193,16 @@ def test_pca_projection_is_refitted_as_the_store_grows(tmp_path):
 
 
 def test_pca_interrupted_refit_is_finished_on_open(tmp_path):
-    from clara_plugins.store_sidecar import Projection
+    from clara_plugins.store.projection import Projection
 
     store = _open(tmp_path, layout="pca", ann_dim=32)
     x = _vectors(50)
     store.add(_records(50), x)
-    folder = store._sidecar.folder
+    folder = store._layout_of().sidecar.folder
     Projection.fit(x[:5], 32).save(folder / "projection.next.npz")  # the process died inside a refit
     reopened = _open(tmp_path)
     assert not (folder / "projection.next.npz").exists()
-    assert reopened._current_projection().fit_rows == 5
+    assert reopened._layout_of().projection().fit_rows == 5
     assert len(reopened.search(x[:1], k=3)[0]) == 3
 
 
@@ -219,7 +219,7 @@ def test_damaged_chroma_folder_is_a_store_error(tmp_path):
 
 def test_augmented_projection_turns_inner_product_into_cosine():
     """Every indexed document has norm R, so cosine ranking of [z, r] equals inner-product ranking of z."""
-    from clara_plugins.store_sidecar import Projection
+    from clara_plugins.store.projection import Projection
 
     x = _vectors(400, seed=3)
     proj = Projection.fit(x, 32, augment=True)
@@ -234,7 +234,7 @@ def test_augmented_projection_turns_inner_product_into_cosine():
 
 
 def test_format_1_projection_without_augmentation_still_loads(tmp_path):
-    from clara_plugins.store_sidecar import Projection
+    from clara_plugins.store.projection import Projection
 
     x = _vectors(50)
     old = Projection.fit(x, 16, augment=False)
@@ -246,16 +246,16 @@ def test_format_1_projection_without_augmentation_still_loads(tmp_path):
 
 def test_refit_pages_through_every_record(tmp_path, monkeypatch):
     """Re-projection reads the records page by page (one get of 100k records exceeds SQLite's variable limit)."""
-    import clara_plugins.store as store_module
+    import clara_plugins.store.chroma as chroma_module
 
     store = _open(tmp_path, layout="pca", ann_dim=32)
     x = _vectors(60)
     store.add(_records(60), x)
-    monkeypatch.setattr(store_module, "_GET_BATCH", 7)
+    monkeypatch.setattr(chroma_module, "GET_BATCH", 7)
     col = store._collection()
-    with store._sidecar.write_lock():
-        store._refit(col)
-    proj = store._current_projection()
+    with store._layout_of().sidecar.write_lock():
+        store._layout_of()._refit()
+    proj = store._layout_of().projection()
     got = col.get(ids=[f"d{i}#0" for i in range(60)], include=["embeddings"])
     expected = proj.docs(store.get_memories(got["ids"]))
     np.testing.assert_allclose(np.asarray(got["embeddings"]), expected, atol=1e-5)
@@ -270,7 +270,7 @@ def test_pca_search_scans_exactly_and_skips_stale_rows(tmp_path):
     store = _open(tmp_path, layout="pca", ann_dim=32)
     x = _vectors(120)
     store.add(_records(120), x)
-    assert store._scan is not None and store._scan.state()["rows"] == 120
+    assert store._layout_of().scan is not None and store._layout_of().scan.state()["rows"] == 120
     q = x[3]
     assert _ids(store.search(q[None], k=1)[0]) == ["d3#0"]
     store.delete(ids=["d3#0"])
@@ -285,18 +285,18 @@ def test_pca_scan_is_rebuilt_when_missing_and_cut_after_a_crash(tmp_path):
     store = _open(tmp_path, layout="pca", ann_dim=32)
     x = _vectors(80)
     store.add(_records(80), x)
-    folder = store._sidecar.folder
+    folder = store._layout_of().sidecar.folder
     expected = [_ids(store.search(x[i][None], k=3)[0]) for i in range(5)]
     for name in ("scan.json", "scan_ids.jsonl", "scan_vectors.bin"):  # a store from before the scan existed
         (folder / name).unlink()
     reopened = _open(tmp_path)
     assert [_ids(reopened.search(x[i][None], k=3)[0]) for i in range(5)] == expected
     # a batch whose scan rows were written but whose Chroma records never were (killed in between)
-    scan = reopened._scan
-    scan.append(80, ["ghost#0"], np.zeros((1, 32), dtype=np.float32), reopened._current_projection().key)
+    scan = reopened._layout_of().scan
+    scan.append(80, ["ghost#0"], np.zeros((1, 32), dtype=np.float32), reopened._layout_of().projection().key)
     assert scan.state()["rows"] == 81
     again = _open(tmp_path)
-    assert again._scan.state()["rows"] == 80
+    assert again._layout_of().scan.state()["rows"] == 80
     assert [_ids(again.search(x[i][None], k=3)[0]) for i in range(5)] == expected
 
 
@@ -318,27 +318,28 @@ def test_pca_reader_in_another_process_sees_a_rebuilt_scan(tmp_path):
     assert _ids(reader.search(x[5][None], k=1)[0]) == ["d5#0"]
     writer.delete(ids=["d5#0"])
     writer.add(_records(50, offset=40), x[40:90])  # doubles the store: refit, scan rebuilt with "" for row 5
-    assert writer._current_projection().fit_rows > 40
+    assert writer._layout_of().projection().fit_rows > 40
     for i in (7, 45, 88):
         assert _ids(reader.search(x[i][None], k=1)[0]) == [f"d{i}#0"]
 
 
 def test_pca_store_opened_empty_uses_rows_another_process_added(tmp_path):
     early = _open(tmp_path, layout="pca", ann_dim=32)
-    assert early.count() == 0 and early._scan is None
+    assert early.count() == 0 and early._layout_of().scan is None
     other = _open(tmp_path)
     x = _vectors(30)
     other.add(_records(30), x)
     assert _ids(early.search(x[4][None], k=1)[0]) == ["d4#0"]
     early.add(_records(5, offset=30), _vectors(5, seed=9))
-    assert early.count() == 35 and early._scan.state()["rows"] == 35
+    assert early.count() == 35 and early._layout_of().scan.state()["rows"] == 35
 
 
 def test_pca_search_uses_hnsw_while_the_scan_is_rebuilt_for_a_new_projection(tmp_path):
     store = _open(tmp_path, layout="pca", ann_dim=32)
     x = _vectors(60)
     store.add(_records(60), x)
-    state = store._scan.state()
-    store._scan._write_state(state["rows"], "another-projection")  # the moment between projection and scan swap
-    assert store._scan_candidates(store._collection(), x[:1], store._current_projection(), 20) == [None]
+    pca = store._layout_of()
+    state = pca.scan.state()
+    pca.scan._write_state(state["rows"], "another-projection")  # the moment between projection and scan swap
+    assert pca._scan_candidates(store._collection(), x[:1], pca.projection(), 20) == [None]
     assert _ids(store.search(x[9][None], k=1)[0]) == ["d9#0"]

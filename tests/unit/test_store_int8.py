@@ -63,7 +63,7 @@ def test_a_damaged_int8_row_is_an_error(tmp_path, bundled_model):
     rag.index(TEXTS)
     top = rag.search(QUESTIONS[0], k=1)[0].id
     row = int(rag.store._collection().get(ids=[top], include=["metadatas"])["metadatas"][0]["clara_row"])
-    width = rag.store._sidecar.row_bytes
+    width = rag.store._layout_of().sidecar.row_bytes
     data = _memory_file(tmp_path)
     raw = bytearray(data.read_bytes())
     raw[row * width : row * width + 8] = bytes(8)  # the first codes of that row zeroed: other finite values

@@ -11,7 +11,7 @@ import pytest
 
 from clara_plugins.errors import StoreError
 from clara_plugins.store import ChunkRecord, ClaraStore
-from clara_plugins.store_checks import text_hash
+from clara_plugins.store.checks import text_hash
 
 DIM, N = 256, 300
 
@@ -221,7 +221,7 @@ def test_check_cli_exit_codes(built, capsys):
 
 
 def _close(store: ClaraStore) -> None:
-    from clara_plugins.store_lock import drop_system
+    from clara_plugins.store.lock import drop_system
 
     drop_system(store.client)
 

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clara_plugins.errors import StoreError
-from clara_plugins.store_checks import text_hash
+from clara_plugins.store.checks import text_hash
 
 if TYPE_CHECKING:
-    from clara_plugins.store import ClaraStore
+    from clara_plugins.store.clara_store import ClaraStore
 
 logger = logging.getLogger(__name__)
 
@@ -108,37 +108,19 @@ def _records(store: ClaraStore, col: Any) -> dict[str, tuple[dict, str | None]]:
         start += page
 
 
-def _check_memories(store: ClaraStore, records: dict[str, tuple[dict, str | None]]) -> list[str]:
-    sidecar = store._sidecar
-    if sidecar is None:
-        return []
-    row_of = {cid: int(meta["clara_row"]) for cid, (meta, _) in records.items()}
-    ids = list(row_of)
-    bad: list[str] = []
-    for start in range(0, len(ids), 4096):
-        part = ids[start : start + 4096]
-        rows = np.asarray([row_of[c] for c in part], dtype=np.int64)
-        try:
-            data = sidecar._read_unchecked(rows)
-        except StoreError:
-            bad += [c for c in part if row_of[c] >= sidecar.file_rows()]
-            continue
-        bad_rows = set(sidecar.crc.bad_rows(rows, data))
-        bad += [c for c in part if row_of[c] in bad_rows]
-    return bad
-
-
 def _check_scan(store: ClaraStore, records: dict[str, tuple[dict, str | None]]) -> list[str]:
-    """Problems of the exact scan: unreadable, rows failing their CRC, rows not holding their record's id."""
-    if store._sidecar is None:
-        return []
+    """Problems of the exact scan (``pca``): unreadable, rows failing their CRC, rows not holding their record's id."""
+    pca = _pca(store)
+    if pca is None:
+        layout = store._layout_of()
+        return layout.scan_problems(records) if hasattr(layout, "scan_problems") else []
     try:
-        store._open_scan(store._current_projection())
-        scan = store._scan
-        assert scan is not None
+        pca.open_scan(pca.projection())
+        scan = pca.scan
+        assert scan is not None and pca.sidecar is not None
         with scan._lock:
             scan._reset()
-            scan._refresh(store._sidecar.committed)
+            scan._refresh(pca.sidecar.committed)
             ids = list(scan._ids)
     except StoreError as err:
         return [str(err)]
@@ -151,6 +133,14 @@ def _check_scan(store: ClaraStore, records: dict[str, tuple[dict, str | None]]) 
     return [f"{len(wrong)} record(s) not at their row of the scan: {wrong[:10]}"] if wrong else []
 
 
+def _pca(store: ClaraStore) -> Any:
+    """The store's ``PcaLayout``, or None for the other layouts."""
+    from clara_plugins.store.local import PcaLayout
+
+    layout = store._layout_of()
+    return layout if isinstance(layout, PcaLayout) else None
+
+
 def _hnsw_missing(store: ClaraStore, col: Any, records: dict[str, tuple[dict, str | None]]) -> list[str]:
     """Chunk ids that a ``where`` search on their document does not return."""
     from chromadb.errors import ChromaError
@@ -158,7 +148,7 @@ def _hnsw_missing(store: ClaraStore, col: Any, records: dict[str, tuple[dict, st
     by_doc: dict[str, set[str]] = {}
     for cid, (meta, _) in records.items():
         by_doc.setdefault(str(meta["clara_doc"]), set()).add(cid)
-    width = int(col.metadata["clara_ann_dim"]) + (1 if store._sidecar is not None else 0)
+    width = store._layout_of().index_width(col)
     probe = np.ones((1, width), dtype=np.float32)
     missing: list[str] = []
     for doc, ids in by_doc.items():
@@ -175,19 +165,22 @@ def _hnsw_missing(store: ClaraStore, col: Any, records: dict[str, tuple[dict, st
 def _readd(store: ClaraStore, col: Any, ids: list[str], records: dict[str, tuple[dict, str | None]]) -> str:
     """Put records that HNSW lost back: deleted, then added again with the same id, text, metadata and vector.
 
-    Only the pca layout can: its vectors are projections of the sidecar memories. In the full layout the vector *is*
-    the memory and Chroma kept it only in the lost HNSW entry, so those records are deleted: their documents are then
-    incomplete and the next ``index`` of them compresses them again.
+    Only layouts whose vectors are projections of memories kept elsewhere can (``shared``; ``pca`` rebuilds the whole
+    collection instead). In the full layout the vector *is* the memory and Chroma kept it only in the lost HNSW
+    entry, so those records are deleted: their documents are then incomplete and the next ``index`` of them
+    compresses them again.
     """
+    layout = store._layout_of()
+    rebuilt = False
     for start in range(0, len(ids), 1000):
         part = ids[start : start + 1000]
+        metas, texts = [records[c][0] for c in part], [records[c][1] for c in part]
+        vectors = layout.index_vectors(metas)
         col.delete(ids=part)
-        if store._sidecar is not None:
-            rows = [int(records[c][0]["clara_row"]) for c in part]
-            vectors = store._current_projection().docs(store._sidecar.read(rows))
-            metas, texts = [records[c][0] for c in part], [records[c][1] for c in part]
+        if vectors is not None:
             col.add(ids=part, embeddings=vectors, documents=texts, metadatas=metas)
-    if store._sidecar is not None:
+            rebuilt = True
+    if rebuilt:
         return f"put {len(ids)} chunk(s) back into Chroma's HNSW index"
     docs = sorted({str(records[c][0]["clara_doc"]) for c in ids})
     return (
@@ -207,16 +200,17 @@ def _rebuild_collection(store: ClaraStore, col: Any, records: dict[str, tuple[di
 
     from chromadb.errors import NotFoundError
 
-    client, name, old_folder = store.client, store.name, store._sidecar.folder
+    pca = _pca(store)
+    client, name, old_folder = store.client, store.name, pca.folder
     tmp = f"{name}-rebuild"
     with contextlib.suppress(NotFoundError, ValueError):
         client.delete_collection(tmp)  # left by an earlier, interrupted repair
     config = {"hnsw": dict((col.configuration or {}).get("hnsw") or {"space": "cosine"})}
     new = client.create_collection(tmp, metadata=dict(col.metadata), configuration=config, embedding_function=None)
-    proj, ids = store._current_projection(), list(records)
+    ids = list(records)
     for start in range(0, len(ids), 1000):
         part = ids[start : start + 1000]
-        vectors = proj.docs(store._sidecar.read([int(records[c][0]["clara_row"]) for c in part]))
+        vectors = pca.index_vectors([records[c][0] for c in part])
         new.add(
             ids=part,
             embeddings=vectors,
@@ -227,7 +221,7 @@ def _rebuild_collection(store: ClaraStore, col: Any, records: dict[str, tuple[di
     client.delete_collection(name)
     new.modify(name=name)
     shutil.rmtree(old_folder, ignore_errors=True)
-    store._col, store._sidecar, store._scan, store._projection = None, None, None, None
+    store._col, store._layout = None, None
     return f"rebuilt Chroma's HNSW index as a new collection of all {len(ids)} records (vectors from the memories)"
 
 
@@ -237,7 +231,7 @@ def verify_store(store: ClaraStore, repair: bool = False) -> VerifyReport:
     records = _records(store, col)
     report = VerifyReport(records=len(records), documents=len({m["clara_doc"] for m, _ in records.values()}))
     report.bad_texts = [c for c, (m, t) in records.items() if t is None or text_hash(t) != m.get("clara_hash", "")]
-    report.bad_memories = _check_memories(store, records)
+    report.bad_memories = store._layout_of().bad_memories(records)
     report.scan_problems = _check_scan(store, records)
     report.not_in_hnsw = _hnsw_missing(store, col, records)
     if repair:
@@ -247,21 +241,27 @@ def verify_store(store: ClaraStore, repair: bool = False) -> VerifyReport:
 
 def _repair(store: ClaraStore, col: Any, records: dict[str, tuple[dict, str | None]], report: VerifyReport) -> None:
     with store._writing():
-        if report.scan_problems and store._sidecar is not None and not report.bad_memories:
-            from clara_plugins.store_scan import ScanIndex
+        pca = _pca(store)
+        if report.scan_problems and pca is not None and not report.bad_memories:
+            from clara_plugins.store.scan import ScanIndex
 
-            proj = store._current_projection()
-            scan = ScanIndex(store._sidecar.folder, proj.basis.shape[1])
-            with store._sidecar.write_lock():
-                store._rebuild_scan(scan, proj, store._rows_to_ids())
-            store._scan = scan
-            report.repaired.append(f"rebuilt the scan files ({store._sidecar.committed} rows)")
+            proj = pca.projection()
+            scan = ScanIndex(pca.folder, proj.basis.shape[1])
+            with pca.sidecar.write_lock():
+                pca.rebuild_scan(scan, proj, pca.rows_to_ids())
+            pca.scan = scan
+            report.repaired.append(f"rebuilt the scan files ({pca.sidecar.committed} rows)")
+            report.scan_problems = _check_scan(store, records)
+        layout = store._layout_of()
+        if report.scan_problems and pca is None and hasattr(layout, "repair_scan") and not report.bad_memories:
+            report.repaired.append(layout.repair_scan(records))
             report.scan_problems = _check_scan(store, records)
         lost = [c for c in report.not_in_hnsw if c not in set(report.bad_memories) | set(report.bad_texts)]
-        if lost and store._sidecar is not None:
+        if lost and pca is not None:
             report.repaired.append(_rebuild_collection(store, col, records))
             report.not_in_hnsw = _hnsw_missing(store, store._collection(), records)
         elif lost:
             report.repaired.append(_readd(store, col, lost, records))
-            records = {c: r for c, r in records.items() if c not in set(lost)}
+            if store._layout_of().index_vectors([]) is None:
+                records = {c: r for c, r in records.items() if c not in set(lost)}
             report.not_in_hnsw = _hnsw_missing(store, col, records)

@@ -29,7 +29,7 @@ from clara_plugins.errors import StoreError
 LOCK_FILE = "clara.lock"
 GEN_FILE = "clara.gen"
 
-# per local folder: the write generation (store_lock) that this process's Chroma system has loaded
+# per local folder: the write generation (lock.py) that this process's Chroma system has loaded
 FOLDER_GEN: dict[str, str] = {}
 
 

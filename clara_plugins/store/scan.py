@@ -10,7 +10,7 @@ Files, next to the sidecar memories (same row numbers):
 - ``scan_ids.jsonl``: the chunk id of each row, one JSON string per line;
 - ``scan_vectors.bin``: fp16 projections ``[rows, d]`` (only candidates come from them; the final scores are exact,
   and a CPU scans fp16 rows 5x faster than fp32: 1.5 vs 7.7 ms for 100k x 256);
-- ``scan_vectors.crc``: a CRC-32 per row of ``scan_vectors.bin`` (``store_checks``), checked when rows are loaded;
+- ``scan_vectors.crc``: a CRC-32 per row of ``scan_vectors.bin`` (``checks.py``), checked when rows are loaded;
 - ``scan.json``: ``{"rows": n, "projection": key, "dtype": "float16"}``, written last.
 
 They are derived data. A writer appends a batch's rows here before the Chroma records exist (like the memories),
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from clara_plugins.errors import StoreError
-from clara_plugins.store_checks import RowChecksums, row_crcs
+from clara_plugins.store.checks import RowChecksums, row_crcs
 
 logger = logging.getLogger(__name__)
 

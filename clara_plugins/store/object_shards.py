@@ -43,7 +43,7 @@ import numpy as np
 
 from clara_plugins.errors import ConfigError, InputError, StoreError
 from clara_plugins.quantize import bytes_per_row, dequantize_rows, quantize_rows
-from clara_plugins.store_checks import row_crcs
+from clara_plugins.store.checks import row_crcs
 
 logger = logging.getLogger(__name__)
 
