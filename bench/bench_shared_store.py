@@ -184,7 +184,7 @@ def _timed(fn, repeats: int) -> list[float]:
 
 def shard_reads(store, locs: list, repeats: int) -> dict[str, float]:
     """p50 seconds of reading ``locs``: one request per row in turn, one per row concurrently, ranges merged."""
-    from clara_plugins.object_shards import ObjectShards
+    from clara_plugins.store.object_shards import ObjectShards
 
     one_each = ObjectShards(store.url, store.dim, store.dtype, store.group or None, _opts(store), merge_gap=None)
     for reader in (store, one_each):
@@ -201,7 +201,7 @@ def _opts(store) -> dict:
 
 
 def part_shards(args: argparse.Namespace, srv: dict) -> None:
-    from clara_plugins.object_shards import ObjectShards
+    from clara_plugins.store.object_shards import ObjectShards
 
     rng = np.random.default_rng(0)
     n, per = args.shard_rows, args.shard_batch
@@ -377,7 +377,7 @@ def part_store(args: argparse.Namespace, srv: dict, root: Path) -> None:
 
 
 def store_bytes(cfg: dict, srv: dict, chroma_growth: int, n: int) -> list[tuple]:
-    from clara_plugins.object_shards import ObjectShards
+    from clara_plugins.store.object_shards import ObjectShards
 
     dtype = cfg["dtype"]
     shards = ObjectShards(cfg["memories"], DIM, dtype, HIDDEN, srv["s3"])
