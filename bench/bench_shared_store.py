@@ -240,8 +240,7 @@ def open_store(cfg: dict):
 
 
 def records(texts: list[str], start: int, stop: int) -> list:
-    from clara_plugins.store import ChunkRecord
-    from clara_plugins.store_checks import text_hash
+    from clara_plugins.store import ChunkRecord, text_hash
 
     out = []
     for i in range(start, stop):
