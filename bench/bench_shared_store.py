@@ -22,6 +22,7 @@ written once to an fp16 file that workers read (generation is not timed); the ex
 
     python bench/bench_shared_store.py --part shards
     python bench/bench_shared_store.py --part store --chunks 20000 [--workers 1,2] [--dtypes float16,int8]
+    S3RVER=node_modules/.bin/s3rver python bench/bench_shared_store.py --s3 s3rver ...   # s3rver (npm) for S3
 """
 
 from __future__ import annotations
@@ -345,7 +346,9 @@ def part_store(args: argparse.Namespace, srv: dict, root: Path) -> None:
     rows: list[tuple] = []
     for dtype in args.dtypes.split(","):
         rates: dict[int, float] = {}
-        counts = list(map(int, args.workers.split(",")))
+        counts = list(
+            map(int, (args.int8_workers if dtype == "int8" and args.int8_workers else args.workers).split(","))
+        )
         for workers in counts:
             name = f"bench-{dtype}-{workers}w-{uuid.uuid4().hex[:6]}"
             cfg = {"chroma_port": srv["chroma_port"], "collection": name, "memories": f"{srv['bucket']}/{name}",
@@ -416,6 +419,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=20000)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--dtypes", default="float16,int8")
+    parser.add_argument("--int8-workers", default=None, help="worker counts for int8 (default: --workers)")
     parser.add_argument("--batch", type=int, default=100, help="chunks per store.add (one shard each)")
     parser.add_argument("--queries", type=int, default=200, help="split between the 2 querying clients")
     parser.add_argument("--shard-rows", type=int, default=2000)
