@@ -125,7 +125,9 @@ class SharedLayout:
         self.shards.put_blob(_blob_name(proj.key), proj.to_bytes())
         try:
             self.store.client.create_collection(
-                self._claim_name, metadata={PROJECTION_KEY: proj.key, "clara_fit_rows": proj.fit_rows}
+                self._claim_name,
+                metadata={PROJECTION_KEY: proj.key, "clara_fit_rows": proj.fit_rows},
+                embedding_function=None,
             )
             logger.info("fitted the projection of store %r on %d chunks", self.store.name, proj.fit_rows)
         except Exception as err:  # chromadb raises several types for "exists"; the claim read below tells
