@@ -135,7 +135,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"chunks      {info.n_chunks}")
     print(f"memory      {info.n_mem} x {info.hidden_size} = {info.memory_dim} numbers per chunk ({info.memory_dtype})")
     if info.memories_url:
-        print(f"memories    {info.memories_url}")
+        print(f"memories    {info.memories_url} ({(info.memories_bytes or 0) / 2**20:.1f} MiB of shards)")
     print(f"hnsw        {info.hnsw}")
     if info.disk_bytes is not None:
         print(f"disk        {info.disk_bytes / 2**20:.1f} MiB")
