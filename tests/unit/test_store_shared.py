@@ -90,6 +90,8 @@ def test_where_filters_and_deletes(tmp_path):
     store.delete(doc_ids=["d40"])
     assert "d40#0" not in {h.id for h in store.search(x[40][None], k=10)[0]}
     assert store.count() == 59
+    report = store.verify()
+    assert report.ok and any("1 memory row(s)" in line for line in report.lines())  # kept in the shard, unserved
 
 
 def test_int8_memories_take_half_the_bytes_and_rank_the_same(tmp_path):
