@@ -263,12 +263,12 @@ def index_with_ray(records: list[dict[str, Any]], spec: WorkerSpec, workers: int
 
 # ---------------------------------------------------------------------------------------------- launcher ranks
 def rank_device(requested: str | None, local_rank: int) -> str | None:
-    """The device of one rank: ``cuda:LOCAL_RANK`` when CUDA is there (also for a plain ``--device cuda``), else
-    ``requested`` (None: the model's default, CPU here)."""
+    """The device of one rank: ``cuda:LOCAL_RANK`` when CUDA is there (also for a plain ``--device cuda``; with more
+    ranks than GPUs on a node they share them in turn), else ``requested`` (None: the model's default, CPU here)."""
     import torch
 
     if requested in (None, "cuda") and torch.cuda.is_available():
-        return f"cuda:{local_rank}"
+        return f"cuda:{local_rank % torch.cuda.device_count()}"
     return requested
 
 

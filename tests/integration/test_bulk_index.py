@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CORPUS = Path(__file__).resolve().parents[2] / "clara_plugins" / "assets" / "demo_corpus.jsonl"
 QUESTIONS = ["Who is the editor-in-chief?", "When was the album released?", "Which river flows through the city?"]
+N_BIG = 200  # passages of the kill tests: enough that a worker can be killed part-way
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
@@ -117,8 +118,9 @@ def _assert_same_store(store: ClaraStore, model, single: dict, n_docs: int) -> N
     got = _snapshot(store, model)
     assert len(got["ids"]) == len(set(got["ids"])) == store.count()  # every chunk once
     assert sorted(got["ids"]) == sorted(single["ids"])
-    for cid, mem in single["memories"].items():  # fp16 rows: batches of other sizes may round one ulp apart
-        np.testing.assert_allclose(got["memories"][cid], mem, rtol=1e-3, atol=1e-5, err_msg=cid)
+    for cid, mem in single["memories"].items():
+        # fp16 rows of a compression run in batches of other sizes: a few ulps apart, far below any real difference
+        assert np.abs(got["memories"][cid] - mem).max() <= 1e-3 * max(1.0, np.abs(mem).max()), cid
     for mine, theirs in zip(got["hits"], single["hits"]):
         assert [h[0] for h in mine] == [h[0] for h in theirs]
         np.testing.assert_allclose([h[1] for h in mine], [h[1] for h in theirs], atol=1e-3)
@@ -200,7 +202,7 @@ def _killed_run(cmd: list[str], db: str, pid_dir: Path, total: int, want: str) -
 @pytest.fixture(scope="module")
 def big(tmp_path_factory, model) -> tuple[Path, dict]:
     """A larger corpus (long enough to kill a worker part-way) and its single-process store."""
-    corpus = _corpus(tmp_path_factory.mktemp("big"), 400)
+    corpus = _corpus(tmp_path_factory.mktemp("big"), N_BIG)
     db = str(tmp_path_factory.mktemp("big_single") / "db")
     _run(_index_cmd(db, corpus, "--batch-size", "16"))
     return corpus, _snapshot(_open(db), model)
@@ -214,12 +216,12 @@ def test_ray_worker_killed_run_still_completes(tmp_path, big, model):
     # Ray Data restarts the dead actor (max_restarts=-1) and retries its batch: the run itself completes
     assert proc.returncode == 0, err[-3000:]
     res = json.loads(out.strip().splitlines()[-1])
-    assert res["docs_added"] + res["docs_skipped"] == 400 and res["store_chunks"] == len(single["ids"])
+    assert res["docs_added"] + res["docs_skipped"] == N_BIG and res["store_chunks"] == len(single["ids"])
     assert len(_pids(pid_dir)) >= 3  # two actors, and the one that replaced the killed actor
-    _assert_same_store(_open(db), model, single, 400)
+    _assert_same_store(_open(db), model, single, N_BIG)
     again = _run(_ray(db, corpus))
-    assert (again["docs_added"], again["docs_skipped"]) == (0, 400)
-    _assert_same_store(_open(db), model, single, 400)
+    assert (again["docs_added"], again["docs_skipped"]) == (0, N_BIG)
+    _assert_same_store(_open(db), model, single, N_BIG)
 
 
 @needs_accelerate
@@ -233,5 +235,5 @@ def test_accelerate_rank_killed_then_rerun_completes(tmp_path, big, model):
     partial = _open(db).count()
     assert 0 < partial < len(single["ids"])
     again = _run(_accelerate(db, corpus, "--batch-size", "2"))  # the same command (another port) finishes the job
-    assert 0 < again["docs_added"] < 400 and again["docs_added"] + again["docs_skipped"] == 400
-    _assert_same_store(_open(db), model, single, 400)
+    assert 0 < again["docs_added"] < N_BIG and again["docs_added"] + again["docs_skipped"] == N_BIG
+    _assert_same_store(_open(db), model, single, N_BIG)
