@@ -2,7 +2,8 @@
 --workers 2``) and two ranks of ``accelerate launch``, into a local folder and into a ``chroma run`` server.
 
 Each run must leave exactly the store a single-process ``clara index`` of the same file leaves (the same chunk ids
-once each, the same memories, the same search results). A worker killed with SIGKILL mid-run: under Ray the run
+once each, the same memories, the same search results, every document complete, ``verify()`` clean): a clean run
+into a server, and into a folder a run in which one worker is killed with SIGKILL part-way. Under Ray that run
 itself completes (Ray Data restarts the actor and retries its batch); under accelerate the launcher stops the other
 rank and fails, and the same command run again completes the store. Either way every chunk is stored exactly once.
 """
@@ -136,35 +137,22 @@ def server(chroma_port) -> str:
     return f"http://127.0.0.1:{chroma_port}"
 
 
-def _target(kind: str, tmp_path: Path, server: str | None, name: str) -> tuple[str, str]:
-    """``(--db, collection)`` of a fresh store: a folder, or a collection of its own on the server."""
-    if kind == "folder":
-        return str(tmp_path / "db"), "clara"
-    return server, name
-
-
 @needs_ray
-@pytest.mark.parametrize("kind", ["folder", "server"])
-def test_ray_two_workers_equal_one_process(kind, tmp_path, corpus, single, model, request):
-    server = request.getfixturevalue("server") if kind == "server" else None
-    db, collection = _target(kind, tmp_path, server, "ray_two")
-    res = _run(_ray(db, corpus, "--collection", collection, "--batch-size", "4"))
+def test_ray_two_workers_into_a_server_equal_one_process(server, tmp_path, corpus, single, model):
+    res = _run(_ray(server, corpus, "--collection", "ray_two", "--batch-size", "4"))
     assert (res["engine"], res["workers"], res["docs_added"], res["docs_skipped"]) == ("ray", 2, 60, 0)
     assert res["chunks_added"] == res["store_chunks"] == len(single["ids"])
-    _assert_same_store(_open(db, collection), model, single, 60)
-    again = _run(_ray(db, corpus, "--collection", collection))  # the driver leaves out every stored document
+    _assert_same_store(_open(server, "ray_two"), model, single, 60)
+    again = _run(_ray(server, corpus, "--collection", "ray_two"))  # the driver leaves out every stored document
     assert (again["docs_added"], again["docs_skipped"], again["chunks_added"]) == (0, 60, 0)
 
 
 @needs_accelerate
-@pytest.mark.parametrize("kind", ["folder", "server"])
-def test_accelerate_two_ranks_equal_one_process(kind, tmp_path, corpus, single, model, request):
-    server = request.getfixturevalue("server") if kind == "server" else None
-    db, collection = _target(kind, tmp_path, server, "accelerate_two")
-    res = _run(_accelerate(db, corpus, "--collection", collection, "--batch-size", "4"))
+def test_accelerate_two_ranks_into_a_server_equal_one_process(server, tmp_path, corpus, single, model):
+    res = _run(_accelerate(server, corpus, "--collection", "accelerate_two", "--batch-size", "4"))
     assert (res["engine"], res["workers"], res["counts_of"]) == ("launcher", 2, "all workers")
     assert (res["docs_added"], res["chunks_added"], res["store_chunks"]) == (60, len(single["ids"]), len(single["ids"]))
-    _assert_same_store(_open(db, collection), model, single, 60)
+    _assert_same_store(_open(server, "accelerate_two"), model, single, 60)
 
 
 # ---------------------------------------------------------------------------------------------- kill -9
