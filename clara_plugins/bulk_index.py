@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 PID_DIR_ENV = "CLARA_WORKER_PID_DIR"  # when set, each worker writes an empty file named after its pid there
 COUNT_FIELDS = ("docs_added", "docs_skipped", "chunks_added", "chunks_reused", "chunk_s", "compress_s", "store_s")
 MAX_DOCS_PER_BATCH = 256
+SEED_DOCS = 2048  # documents indexed first, by one actor, into a new "shared" store (see seed_docs)
 
 
 def shard_of(doc_id: str, world_size: int) -> int:
@@ -81,6 +82,11 @@ class BulkCounts:
     chunk_s: float = 0.0
     compress_s: float = 0.0
     store_s: float = 0.0
+
+    def add_all(self, rows: Sequence[Any]) -> None:
+        """Add every row."""
+        for row in rows:
+            self.add(row)
 
     def add(self, other: Any) -> None:
         """Add the counts of another ``BulkCounts``, an ``IndexResult`` or a dict with the same fields."""
@@ -202,6 +208,16 @@ class IndexActor:
         return {name: np.array([getattr(res, name)]) for name in COUNT_FIELDS}
 
 
+def seed_docs(store: Any, args: argparse.Namespace) -> int:
+    """Documents one actor indexes alone before the pool starts: a "shared" store that has no projection yet fits
+    it once, on the first batch it is given, so that batch must be large (``ClaraRAG.index`` makes it 2,048
+    chunks) and not a pool batch of a few documents. 0 for every other store."""
+    if store.exists():
+        return SEED_DOCS if store.fit_rows_wanted() > 0 else 0
+    shared = getattr(args, "layout", "auto") == "shared" or bool(getattr(args, "memories", None))
+    return SEED_DOCS if shared else 0
+
+
 def docs_per_batch(n_docs: int, workers: int) -> int:
     """Documents per Ray batch: about four batches per worker (so a restarted worker redoes little and the pool
     stays busy to the end), at most ``MAX_DOCS_PER_BATCH``."""
@@ -227,7 +243,9 @@ def ray_session(address: str | None, workers: int, verbose: bool, progress: bool
         ray.shutdown()
 
 
-def index_with_ray(records: list[dict[str, Any]], spec: WorkerSpec, workers: int, gpus: float, **ray_opts: Any) -> Any:
+def index_with_ray(
+    records: list[dict[str, Any]], spec: WorkerSpec, workers: int, gpus: float, seed: int = 0, **ray_opts: Any
+) -> Any:
     """Index ``records`` (already filtered) with ``workers`` Ray Data actors; the summed counts.
 
     Args:
@@ -235,30 +253,39 @@ def index_with_ray(records: list[dict[str, Any]], spec: WorkerSpec, workers: int
         spec: What each actor opens.
         workers: Actors in the pool.
         gpus: GPUs per actor (``num_gpus``; 0 runs them on CPU).
+        seed: The first ``seed`` records are indexed first, as one batch of one actor (``seed_docs``).
         **ray_opts: ``address``, ``verbose`` and ``progress`` for :func:`ray_session`.
     """
     counts = BulkCounts()
     if not records:
         return counts
-    per_batch = docs_per_batch(len(records), workers)
     session = ray_session(
         ray_opts.get("address"), workers, bool(ray_opts.get("verbose")), bool(ray_opts.get("progress"))
     )
     with session as ray:
-        items = [{"doc": json.dumps(r)} for r in records]
-        ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / per_batch))
-        out = ds.map_batches(
-            IndexActor,
-            fn_constructor_kwargs={"spec": spec},
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=1,
-            num_gpus=gpus,
-            batch_size=per_batch,
-            batch_format="numpy",
-        )
-        for row in out.take_all():
-            counts.add(row)
+        first, rest = (records[:seed], records[seed:]) if seed else ([], records)
+        if first:
+            logger.info("fitting the store's projection: %d documents on one worker first", len(first))
+            counts.add_all(_map(ray, first, spec, 1, gpus, len(first)))
+        if rest:
+            counts.add_all(_map(ray, rest, spec, workers, gpus, docs_per_batch(len(rest), workers)))
     return counts
+
+
+def _map(ray: Any, records: list[dict[str, Any]], spec: WorkerSpec, workers: int, gpus: float, per_batch: int) -> Any:
+    """Rows of counts of ``records`` indexed by a pool of ``workers`` actors, ``per_batch`` documents a batch."""
+    items = [{"doc": json.dumps(r)} for r in records]
+    ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / per_batch))
+    out = ds.map_batches(
+        IndexActor,
+        fn_constructor_kwargs={"spec": spec},
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=1,
+        num_gpus=gpus,
+        batch_size=per_batch,
+        batch_format="numpy",
+    )
+    return out.take_all()
 
 
 # ---------------------------------------------------------------------------------------------- launcher ranks

@@ -70,7 +70,8 @@ def _run_ray(args: argparse.Namespace, records: list[dict[str, Any]]) -> Any:
     from clara_plugins import bulk_index as bulk
     from clara_plugins.cli.store_options import is_url, open_store
 
-    todo, skipped = bulk.pending_records(open_store(args, create=True), records)
+    store = open_store(args, create=True)
+    todo, skipped = bulk.pending_records(store, records)
     if args.ray_address and not is_url(args.db):
         bulk.logger.warning(
             "--db %s is a folder: every Ray node must see it at this path (a shared filesystem)", args.db
@@ -78,7 +79,7 @@ def _run_ray(args: argparse.Namespace, records: list[dict[str, Any]]) -> Any:
     device = args.device or ("cuda" if args.gpus_per_worker > 0 else "cpu")
     spec = bulk.WorkerSpec.from_args(args, device=device)
     opts = {"address": args.ray_address, "verbose": args.verbose > 0, "progress": not args.no_progress}
-    counts = bulk.index_with_ray(todo, spec, args.workers, args.gpus_per_worker, **opts)
+    counts = bulk.index_with_ray(todo, spec, args.workers, args.gpus_per_worker, bulk.seed_docs(store, args), **opts)
     counts.docs_skipped += skipped
     return counts
 

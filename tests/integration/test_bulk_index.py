@@ -155,6 +155,26 @@ def test_accelerate_two_ranks_into_a_server_equal_one_process(server, tmp_path, 
     _assert_same_store(_open(server, "accelerate_two"), model, single, 60)
 
 
+@pytest.mark.parametrize(
+    "engine", [pytest.param("ray", marks=needs_ray), pytest.param("accelerate", marks=needs_accelerate)]
+)
+def test_two_workers_into_a_shared_store_equal_one_process(engine, server, s3_bucket, corpus, single, model):
+    """The "shared" layout (Chroma server + S3 on moto): the same store, and the projection fitted once on every
+    chunk of this small corpus (Ray: one actor indexes a first batch alone; ranks: each first batch is large)."""
+    collection = f"shared_{engine}"
+    extra = ("--collection", collection, "--batch-size", "4", "--memories", f"{s3_bucket['url']}/{collection}")
+    cmd = _ray(server, corpus, *extra) if engine == "ray" else _accelerate(server, corpus, *extra)
+    res = _run(cmd, env={**s3_bucket["env"], **{k: ENV[k] for k in ("OMP_NUM_THREADS", "HF_HUB_OFFLINE")}})
+    assert (res["docs_added"], res["chunks_added"]) == (60, len(single["ids"]))
+    host, port = server.removeprefix("http://").split(":")
+    client = chromadb.HttpClient(host=host, port=int(port))
+    store = ClaraStore(client=client, collection=collection, storage_options=s3_bucket["storage_options"])
+    assert store.layout == "shared"
+    if engine == "ray":
+        assert store._layout_of().projection().fit_rows == len(single["ids"])
+    _assert_same_store(store, model, single, 60)
+
+
 # ---------------------------------------------------------------------------------------------- kill -9
 def _pids(folder: Path) -> dict[int, str]:
     return {int(p.name): p.read_text() for p in folder.iterdir()} if folder.is_dir() else {}
