@@ -26,13 +26,15 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from clara_plugins.errors import InputError, MissingExtraError
+from clara_plugins import errors
+from clara_plugins.errors import ClaraError, InputError, MissingExtraError
 
 logger = logging.getLogger(__name__)
 
@@ -152,11 +154,18 @@ def check_shared_db(db: str | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the driver's filter
-def pending_records(store: Any, records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """The records not yet stored whole (``ClaraRAG.index``'s rule), and how many were left out."""
+def pending_records(
+    store: Any, records: Sequence[dict[str, Any]], model: str | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """The records not yet stored whole (``ClaraRAG.index``'s rule), and how many were left out.
+
+    The driver loads no model, so it leaves documents out only when the workers will use the store's own model
+    (``model`` None or the source the store records); with another ``--model`` every record goes to the workers,
+    whose ``bind`` then refuses a model that did not build the store (``ModelMismatchError``) as ``clara index`` does.
+    """
     from clara_plugins.rag import doc_is_complete
 
-    if not store.exists():
+    if not store.exists() or model not in (None, store.meta.get("clara_model")):
         return list(records), 0
     status = store.doc_status([r["id"] for r in records])
     todo = [r for r in records if not doc_is_complete(status.get(r["id"]), r["text"])]
@@ -173,10 +182,11 @@ def check_records(records: Sequence[dict[str, Any]]) -> None:
 
 # ---------------------------------------------------------------------------------------------- Ray Data
 def import_ray(verbose: bool = False) -> Any:
-    """``ray`` with Ray Data, or a ``MissingExtraError`` naming the extra. Unless ``verbose``, Ray Data logs only
-    errors (``RAY_DATA_LOG_LEVEL``, read when ``ray.data`` is first imported; a value already set wins)."""
+    """``ray`` with Ray Data, or a ``MissingExtraError`` naming the extra. Unless ``verbose``, Ray Data logs nothing
+    (``RAY_DATA_LOG_LEVEL``, read when ``ray.data`` is first imported; a value already set wins): a worker's error
+    still ends the run, and reaches the user as the CLI shows errors (:func:`clara_error_in`)."""
     if not verbose:
-        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "CRITICAL")
     try:
         import ray
         import ray.data
@@ -256,9 +266,28 @@ def index_with_ray(records: list[dict[str, Any]], spec: WorkerSpec, workers: int
             batch_size=per_batch,
             batch_format="numpy",
         )
-        for row in out.take_all():
-            counts.add(row)
+        try:
+            rows = out.take_all()
+        except Exception as err:  # Ray wraps a worker's error in its own types: surface ours as the CLI shows them
+            raise clara_error_in(err) or err from None
+    for row in rows:
+        counts.add(row)
     return counts
+
+
+def clara_error_in(err: BaseException) -> ClaraError | None:
+    """The ``ClaraError`` a Ray worker raised, from a Ray exception: found in its cause chain, else rebuilt from the
+    ``clara_plugins.errors.Name: message`` line of its text (the error of an actor's constructor arrives as text)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ClaraError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    found = re.search(r"clara_plugins\.errors\.(\w+): (.*)", str(err))
+    cls = getattr(errors, found.group(1), None) if found else None
+    if found and isinstance(cls, type) and issubclass(cls, ClaraError) and cls is not errors.MissingExtraError:
+        return cls(found.group(2).strip())
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- launcher ranks
@@ -272,18 +301,20 @@ def rank_device(requested: str | None, local_rank: int) -> str | None:
     return requested
 
 
-def _process_group() -> Any:
-    """``torch.distributed`` with a gloo group (initialised here when the launcher gave ``MASTER_ADDR``), or None."""
+def _process_group() -> tuple[Any, bool]:
+    """``torch.distributed`` with a process group (a gloo one initialised here when the launcher gave
+    ``MASTER_ADDR``) and whether it was initialised here; ``(None, False)`` without one."""
     import torch.distributed as dist
 
     if not dist.is_available():
-        return None
-    if not dist.is_initialized():
-        if not os.environ.get("MASTER_ADDR"):
-            return None
-        # ranks wait for each other only at the start and at the end, which may be hours apart on a big corpus
-        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
-    return dist
+        return None, False
+    if dist.is_initialized():
+        return dist, False
+    if not os.environ.get("MASTER_ADDR"):
+        return None, False
+    # ranks wait for each other only at the start (rank 0 opening the store) and at the end (the slowest shard)
+    dist.init_process_group("gloo", timeout=datetime.timedelta(days=1))
+    return dist, True
 
 
 def index_as_rank(records: list[dict[str, Any]], spec: WorkerSpec, rank: int, world: int) -> tuple[Any, bool]:
@@ -296,7 +327,7 @@ def index_as_rank(records: list[dict[str, Any]], spec: WorkerSpec, rank: int, wo
     note_worker_pid(f"rank-{rank}")
     mine = [r for r in records if shard_of(r["id"], world) == rank]
     logger.info("rank %d of %d: %d of %d documents", rank, world, len(mine), len(records))
-    dist = _process_group()
+    dist, ours = _process_group()
     if dist is not None and rank != 0:
         dist.barrier()
     rag = open_worker_rag(spec)
@@ -312,7 +343,8 @@ def index_as_rank(records: list[dict[str, Any]], spec: WorkerSpec, rank: int, wo
     total = BulkCounts()
     for part in gathered:
         total.add(part)
-    dist.destroy_process_group()
+    if ours:
+        dist.destroy_process_group()
     return total, True
 
 

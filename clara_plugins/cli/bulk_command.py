@@ -70,7 +70,7 @@ def _run_ray(args: argparse.Namespace, records: list[dict[str, Any]]) -> Any:
     from clara_plugins import bulk_index as bulk
     from clara_plugins.cli.store_options import is_url, open_store
 
-    todo, skipped = bulk.pending_records(open_store(args, create=True), records)
+    todo, skipped = bulk.pending_records(open_store(args, create=True), records, args.model)
     if args.ray_address and not is_url(args.db):
         bulk.logger.warning(
             "--db %s is a folder: every Ray node must see it at this path (a shared filesystem)", args.db

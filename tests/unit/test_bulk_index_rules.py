@@ -133,3 +133,20 @@ def test_bad_records_fail_before_any_worker(capsys, tmp_path):
     db = tmp_path / "db"
     _refused(capsys, ["index", "--db", str(db), "--engine", "ray", "--workers", "2", str(corpus)], r"duplicate id 'a'")
     assert not db.exists()
+
+
+def test_clara_error_in_a_ray_error():
+    from clara_plugins.errors import ModelMismatchError, StoreError
+
+    text = "ActorDiedError: ...\nclara_plugins.errors.ModelMismatchError: store 'clara' was built by model 'tiny'\n"
+    found = bulk.clara_error_in(RuntimeError(text))
+    assert isinstance(found, ModelMismatchError) and str(found) == "store 'clara' was built by model 'tiny'"
+    try:
+        try:
+            raise StoreError("disk full")
+        except StoreError as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as outer:
+        assert str(bulk.clara_error_in(outer)) == "disk full"
+    assert bulk.clara_error_in(RuntimeError("clara_plugins.errors.Nope: x")) is None
+    assert bulk.clara_error_in(RuntimeError("a node died")) is None
