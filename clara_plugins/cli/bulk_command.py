@@ -20,9 +20,15 @@ def add_bulk_args(p: argparse.ArgumentParser) -> None:
         default="local",
         help="local: this process (one shard per rank under accelerate launch/torchrun); ray: Ray Data actors",
     )
-    g.add_argument("--workers", type=int, default=1, help="Ray actors, each loading the model once (default 1)")
-    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray actor (default 0: CPU)")
-    g.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else start one)")
+    g.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="Ray actors, each loading the model once (default 1)"
+    )
+    g.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs per Ray actor (default 0: CPU)"
+    )
+    g.add_argument(
+        "--ray-address", default=None, metavar="ADDR", help="Ray cluster to join (default: RAY_ADDRESS, else start one)"
+    )
 
 
 def bulk_requested(args: argparse.Namespace) -> bool:
