@@ -255,6 +255,7 @@ def index_with_ray(records: list[dict[str, Any]], spec: WorkerSpec, workers: int
         ray_opts.get("address"), workers, bool(ray_opts.get("verbose")), bool(ray_opts.get("progress"))
     )
     with session as ray:
+        check_local_gpus(ray, workers * gpus, local=not (ray_opts.get("address") or os.environ.get("RAY_ADDRESS")))
         items = [{"doc": json.dumps(r)} for r in records]
         ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / per_batch))
         out = ds.map_batches(
@@ -273,6 +274,19 @@ def index_with_ray(records: list[dict[str, Any]], spec: WorkerSpec, workers: int
     for row in rows:
         counts.add(row)
     return counts
+
+
+def check_local_gpus(ray: Any, needed: float, local: bool) -> None:
+    """On a local Ray started here, refuse a pool that needs more GPUs than the machine has (its actors would wait
+    for them forever). A cluster joined with an address may add nodes, so it is not checked.
+
+    Raises:
+        InputError: ``--workers`` x ``--gpus-per-worker`` exceeds the GPUs Ray found.
+    """
+    have = float(ray.cluster_resources().get("GPU", 0))
+    if local and needed > have:
+        msg = f"--workers x --gpus-per-worker needs {needed:g} GPUs; this machine has {have:g} (Ray found them)"
+        raise InputError(msg)
 
 
 def clara_error_in(err: BaseException) -> ClaraError | None:

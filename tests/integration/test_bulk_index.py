@@ -173,6 +173,15 @@ def test_ray_refuses_another_model_like_one_process(tmp_path, corpus, tiny_model
     assert store.count() == before and store.meta["clara_model"] == "tiny"
 
 
+@needs_ray
+def test_ray_refuses_more_gpus_than_the_local_machine_has(tmp_path, corpus):
+    proc = subprocess.run(
+        _ray(str(tmp_path / "db"), corpus, "--gpus-per-worker", "1000"), capture_output=True, text=True, env=ENV
+    )
+    assert proc.returncode == 1  # instead of actors waiting forever for GPUs that are not there
+    assert "clara index: error: --workers x --gpus-per-worker needs 2000 GPUs; this machine has" in proc.stderr
+
+
 # ---------------------------------------------------------------------------------------------- kill -9
 def _pids(folder: Path) -> dict[int, str]:
     return {int(p.name): p.read_text() for p in folder.iterdir()} if folder.is_dir() else {}
