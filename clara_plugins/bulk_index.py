@@ -26,13 +26,15 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from clara_plugins.errors import InputError, MissingExtraError
+from clara_plugins import errors
+from clara_plugins.errors import ClaraError, InputError, MissingExtraError
 
 logger = logging.getLogger(__name__)
 
@@ -158,11 +160,18 @@ def check_shared_db(db: str | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the driver's filter
-def pending_records(store: Any, records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """The records not yet stored whole (``ClaraRAG.index``'s rule), and how many were left out."""
+def pending_records(
+    store: Any, records: Sequence[dict[str, Any]], model: str | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """The records not yet stored whole (``ClaraRAG.index``'s rule), and how many were left out.
+
+    The driver loads no model, so it leaves documents out only when the workers will use the store's own model
+    (``model`` None or the source the store records); with another ``--model`` every record goes to the workers,
+    whose ``bind`` then refuses a model that did not build the store (``ModelMismatchError``) as ``clara index`` does.
+    """
     from clara_plugins.rag import doc_is_complete
 
-    if not store.exists():
+    if not store.exists() or model not in (None, store.meta.get("clara_model")):
         return list(records), 0
     status = store.doc_status([r["id"] for r in records])
     todo = [r for r in records if not doc_is_complete(status.get(r["id"]), r["text"])]
@@ -179,10 +188,11 @@ def check_records(records: Sequence[dict[str, Any]]) -> None:
 
 # ---------------------------------------------------------------------------------------------- Ray Data
 def import_ray(verbose: bool = False) -> Any:
-    """``ray`` with Ray Data, or a ``MissingExtraError`` naming the extra. Unless ``verbose``, Ray Data logs only
-    errors (``RAY_DATA_LOG_LEVEL``, read when ``ray.data`` is first imported; a value already set wins)."""
+    """``ray`` with Ray Data, or a ``MissingExtraError`` naming the extra. Unless ``verbose``, Ray Data logs nothing
+    (``RAY_DATA_LOG_LEVEL``, read when ``ray.data`` is first imported; a value already set wins): a worker's error
+    still ends the run, and reaches the user as the CLI shows errors (:func:`clara_error_in`)."""
     if not verbose:
-        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "CRITICAL")
     try:
         import ray
         import ray.data
@@ -263,12 +273,16 @@ def index_with_ray(
         ray_opts.get("address"), workers, bool(ray_opts.get("verbose")), bool(ray_opts.get("progress"))
     )
     with session as ray:
+        check_local_gpus(ray, workers * gpus, local=not (ray_opts.get("address") or os.environ.get("RAY_ADDRESS")))
         first, rest = (records[:seed], records[seed:]) if seed else ([], records)
-        if first:
-            logger.info("fitting the store's projection: %d documents on one worker first", len(first))
-            counts.add_all(_map(ray, first, spec, 1, gpus, len(first)))
-        if rest:
-            counts.add_all(_map(ray, rest, spec, workers, gpus, docs_per_batch(len(rest), workers)))
+        try:
+            if first:
+                logger.info("fitting the store's projection: %d documents on one worker first", len(first))
+                counts.add_all(_map(ray, first, spec, 1, gpus, len(first)))
+            if rest:
+                counts.add_all(_map(ray, rest, spec, workers, gpus, docs_per_batch(len(rest), workers)))
+        except Exception as err:  # Ray wraps a worker's error in its own types: surface ours as the CLI shows them
+            raise clara_error_in(err) or err from None
     return counts
 
 
@@ -288,6 +302,34 @@ def _map(ray: Any, records: list[dict[str, Any]], spec: WorkerSpec, workers: int
     return out.take_all()
 
 
+def check_local_gpus(ray: Any, needed: float, local: bool) -> None:
+    """On a local Ray started here, refuse a pool that needs more GPUs than the machine has (its actors would wait
+    for them forever). A cluster joined with an address may add nodes, so it is not checked.
+
+    Raises:
+        InputError: ``--workers`` x ``--gpus-per-worker`` exceeds the GPUs Ray found.
+    """
+    have = float(ray.cluster_resources().get("GPU", 0))
+    if local and needed > have:
+        msg = f"--workers x --gpus-per-worker needs {needed:g} GPUs; this machine has {have:g} (Ray found them)"
+        raise InputError(msg)
+
+
+def clara_error_in(err: BaseException) -> ClaraError | None:
+    """The ``ClaraError`` a Ray worker raised, from a Ray exception: found in its cause chain, else rebuilt from the
+    ``clara_plugins.errors.Name: message`` line of its text (the error of an actor's constructor arrives as text)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ClaraError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    found = re.search(r"clara_plugins\.errors\.(\w+): (.*)", str(err))
+    cls = getattr(errors, found.group(1), None) if found else None
+    if found and isinstance(cls, type) and issubclass(cls, ClaraError) and cls is not errors.MissingExtraError:
+        return cls(found.group(2).strip())
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- launcher ranks
 def rank_device(requested: str | None, local_rank: int) -> str | None:
     """The device of one rank: ``cuda:LOCAL_RANK`` when CUDA is there (also for a plain ``--device cuda``; with more
@@ -299,18 +341,20 @@ def rank_device(requested: str | None, local_rank: int) -> str | None:
     return requested
 
 
-def _process_group() -> Any:
-    """``torch.distributed`` with a gloo group (initialised here when the launcher gave ``MASTER_ADDR``), or None."""
+def _process_group() -> tuple[Any, bool]:
+    """``torch.distributed`` with a process group (a gloo one initialised here when the launcher gave
+    ``MASTER_ADDR``) and whether it was initialised here; ``(None, False)`` without one."""
     import torch.distributed as dist
 
     if not dist.is_available():
-        return None
-    if not dist.is_initialized():
-        if not os.environ.get("MASTER_ADDR"):
-            return None
-        # ranks wait for each other only at the start and at the end, which may be hours apart on a big corpus
-        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
-    return dist
+        return None, False
+    if dist.is_initialized():
+        return dist, False
+    if not os.environ.get("MASTER_ADDR"):
+        return None, False
+    # ranks wait for each other only at the start (rank 0 opening the store) and at the end (the slowest shard)
+    dist.init_process_group("gloo", timeout=datetime.timedelta(days=1))
+    return dist, True
 
 
 def index_as_rank(records: list[dict[str, Any]], spec: WorkerSpec, rank: int, world: int) -> tuple[Any, bool]:
@@ -323,7 +367,7 @@ def index_as_rank(records: list[dict[str, Any]], spec: WorkerSpec, rank: int, wo
     note_worker_pid(f"rank-{rank}")
     mine = [r for r in records if shard_of(r["id"], world) == rank]
     logger.info("rank %d of %d: %d of %d documents", rank, world, len(mine), len(records))
-    dist = _process_group()
+    dist, ours = _process_group()
     if dist is not None and rank != 0:
         dist.barrier()
     rag = open_worker_rag(spec)
@@ -339,7 +383,8 @@ def index_as_rank(records: list[dict[str, Any]], spec: WorkerSpec, rank: int, wo
     total = BulkCounts()
     for part in gathered:
         total.add(part)
-    dist.destroy_process_group()
+    if ours:
+        dist.destroy_process_group()
     return total, True
 
 

@@ -20,9 +20,15 @@ def add_bulk_args(p: argparse.ArgumentParser) -> None:
         default="local",
         help="local: this process (one shard per rank under accelerate launch/torchrun); ray: Ray Data actors",
     )
-    g.add_argument("--workers", type=int, default=1, help="Ray actors, each loading the model once (default 1)")
-    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray actor (default 0: CPU)")
-    g.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else start one)")
+    g.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="Ray actors, each loading the model once (default 1)"
+    )
+    g.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs per Ray actor (default 0: CPU)"
+    )
+    g.add_argument(
+        "--ray-address", default=None, metavar="ADDR", help="Ray cluster to join (default: RAY_ADDRESS, else start one)"
+    )
 
 
 def bulk_requested(args: argparse.Namespace) -> bool:
@@ -71,7 +77,7 @@ def _run_ray(args: argparse.Namespace, records: list[dict[str, Any]]) -> Any:
     from clara_plugins.cli.store_options import is_url, open_store
 
     store = open_store(args, create=True)
-    todo, skipped = bulk.pending_records(store, records)
+    todo, skipped = bulk.pending_records(store, records, args.model)
     if args.ray_address and not is_url(args.db):
         bulk.logger.warning(
             "--db %s is a folder: every Ray node must see it at this path (a shared filesystem)", args.db

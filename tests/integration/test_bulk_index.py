@@ -175,6 +175,33 @@ def test_two_workers_into_a_shared_store_equal_one_process(engine, server, s3_bu
     _assert_same_store(store, model, single, 60)
 
 
+@needs_ray
+def test_ray_refuses_another_model_like_one_process(tmp_path, corpus, tiny_model):
+    """The driver loads no model: with another ``--model`` it leaves nothing out and the actors' ``bind`` refuses
+    the store, as ``clara index`` does; the user sees one error line and the store is unchanged."""
+    db = str(tmp_path / "db")
+    before = _run(_index_cmd(db, corpus))["store_chunks"]
+    other = tmp_path / "other"
+    tiny_model.save_pretrained(other)
+    cmd = _index_cmd(db, corpus, "--engine", "ray", "--workers", "2")
+    cmd[cmd.index("tiny")] = str(other)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("clara index: error: store 'clara'") and "was built by model 'tiny'" in last, last
+    store = _open(db)
+    assert store.count() == before and store.meta["clara_model"] == "tiny"
+
+
+@needs_ray
+def test_ray_refuses_more_gpus_than_the_local_machine_has(tmp_path, corpus):
+    proc = subprocess.run(
+        _ray(str(tmp_path / "db"), corpus, "--gpus-per-worker", "1000"), capture_output=True, text=True, env=ENV
+    )
+    assert proc.returncode == 1  # instead of actors waiting forever for GPUs that are not there
+    assert "clara index: error: --workers x --gpus-per-worker needs 2000 GPUs; this machine has" in proc.stderr
+
+
 # ---------------------------------------------------------------------------------------------- kill -9
 def _pids(folder: Path) -> dict[int, str]:
     return {int(p.name): p.read_text() for p in folder.iterdir()} if folder.is_dir() else {}

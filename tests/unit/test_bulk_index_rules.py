@@ -133,3 +133,38 @@ def test_bad_records_fail_before_any_worker(capsys, tmp_path):
     db = tmp_path / "db"
     _refused(capsys, ["index", "--db", str(db), "--engine", "ray", "--workers", "2", str(corpus)], r"duplicate id 'a'")
     assert not db.exists()
+
+
+def test_clara_error_in_a_ray_error():
+    from clara_plugins.errors import ModelMismatchError, StoreError
+
+    text = "ActorDiedError: ...\nclara_plugins.errors.ModelMismatchError: store 'clara' was built by model 'tiny'\n"
+    found = bulk.clara_error_in(RuntimeError(text))
+    assert isinstance(found, ModelMismatchError) and str(found) == "store 'clara' was built by model 'tiny'"
+    try:
+        try:
+            raise StoreError("disk full")
+        except StoreError as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as outer:
+        assert str(bulk.clara_error_in(outer)) == "disk full"
+    assert bulk.clara_error_in(RuntimeError("clara_plugins.errors.Nope: x")) is None
+    assert bulk.clara_error_in(RuntimeError("a node died")) is None
+
+
+def test_driver_leaves_out_only_documents_stored_whole(tiny_model, passages):
+    from clara_plugins.rag import ClaraRAG
+
+    rag = ClaraRAG(tiny_model)  # an in-memory store of its own
+    records = [{"id": f"d{i}", "text": passages[i], "metadata": {}} for i in range(4)]
+    assert bulk.pending_records(rag.store, records) == (records, 0)  # nothing stored yet
+    rag.index(records[:3], show_progress=False)
+    n_chunks = len(tiny_model.chunk(passages[1]))
+    assert n_chunks > 1
+    rag.store.delete(ids=[f"d1#{n_chunks - 1}"])  # d1 cut short, as by a killed worker
+    changed = {**records[2], "text": passages[2] + " One more sentence."}
+    todo, skipped = bulk.pending_records(rag.store, [records[0], records[1], changed, records[3]])
+    assert [r["id"] for r in todo] == ["d1", "d2", "d3"] and skipped == 1  # partial, changed and new go to workers
+    source = rag.store.meta["clara_model"]
+    assert bulk.pending_records(rag.store, records, model=source)[1] == 2  # the store's own model: d0, d2 whole
+    assert bulk.pending_records(rag.store, records, model="another/model") == (records, 0)  # workers' bind decides
