@@ -124,6 +124,11 @@ def _normalize_docs(items: Any, ids: Sequence[str] | None, metadatas: Sequence[A
     return list(docs.values())
 
 
+def doc_is_complete(found: tuple[str, int, int] | None, text: str) -> bool:
+    """Whether ``store.doc_status`` shows a document stored whole with this text (``index`` then skips it)."""
+    return bool(found) and found[0] == text_hash(text) and found[1] == found[2]
+
+
 def _doc_spans(records: list[ChunkRecord]) -> dict[str, tuple[int, int]]:
     """Document id -> ``(first, last + 1)``: where its chunks are in ``records`` (a document's chunks are adjacent)."""
     spans: dict[str, tuple[int, int]] = {}
@@ -253,7 +258,7 @@ class ClaraRAG:
         todo, stale = [], set()
         for doc in docs:
             found = status.get(doc.id)
-            if found and found[0] == text_hash(doc.text) and found[1] == found[2]:
+            if doc_is_complete(found, doc.text):
                 result.docs_skipped += 1
                 continue
             if found:

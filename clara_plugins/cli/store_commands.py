@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from clara_plugins.cli.bulk_command import add_bulk_args, bulk_requested, cmd_bulk_index
 from clara_plugins.cli.lifecycle_commands import add_index_args, cmd_sync, prepare_index
 from clara_plugins.cli.store_options import add_db_args, open_store
 from clara_plugins.errors import InputError, StoreError
@@ -24,6 +25,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     add_db_args(p)
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursively)")
     add_index_args(p)
+    add_bulk_args(p)
     p.add_argument(
         "--sync", action="store_true", help="also delete stored documents read from PATHs that are gone (= clara sync)"
     )
@@ -65,6 +67,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     """``clara index``: read the paths first (bad input fails before anything is written), then index."""
     from clara_plugins.corpus import read_corpus
 
+    if bulk_requested(args):  # --engine ray, or a rank of accelerate launch / torchrun
+        return cmd_bulk_index(args)
     if args.sync:
         return cmd_sync(args)
 
@@ -135,7 +139,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"chunks      {info.n_chunks}")
     print(f"memory      {info.n_mem} x {info.hidden_size} = {info.memory_dim} numbers per chunk ({info.memory_dtype})")
     if info.memories_url:
-        print(f"memories    {info.memories_url}")
+        print(f"memories    {info.memories_url} ({(info.memories_bytes or 0) / 2**20:.1f} MiB of shards)")
     print(f"hnsw        {info.hnsw}")
     if info.disk_bytes is not None:
         print(f"disk        {info.disk_bytes / 2**20:.1f} MiB")

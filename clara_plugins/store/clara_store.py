@@ -543,6 +543,7 @@ class ClaraStore:
             hnsw=dict((col.configuration or {}).get("hnsw") or {}),
             memory_dtype=str(meta.get(keys.MEMORY_DTYPE, "float16")),
             memories_url=meta.get(keys.MEMORIES_URL),
+            memories_bytes=self._layout_of().shards.nbytes() if meta[keys.LAYOUT] == "shared" else None,
             disk_bytes=disk,
         )
 

@@ -88,6 +88,7 @@ class StoreInfo:
     hnsw: dict[str, Any]
     memory_dtype: str = "float16"
     memories_url: str | None = None
+    memories_bytes: int | None = None  # "shared": bytes of every shard under memories_url
     disk_bytes: int | None = None
 
 

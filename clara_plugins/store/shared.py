@@ -30,7 +30,7 @@ from clara_plugins.errors import InputError, StoreError
 from clara_plugins.store.chroma import get_by_ids
 from clara_plugins.store.layout import Candidate, rerank
 from clara_plugins.store.local import REFIT_MAX_ROWS, ann_candidates
-from clara_plugins.store.object_shards import ObjectShards, RowLocation
+from clara_plugins.store.object_shards import HEADER_SIZE, ObjectShards, RowLocation
 from clara_plugins.store.projection import Projection, torch_float
 from clara_plugins.store.records import (
     ANN_DIM,
@@ -125,7 +125,9 @@ class SharedLayout:
         self.shards.put_blob(_blob_name(proj.key), proj.to_bytes())
         try:
             self.store.client.create_collection(
-                self._claim_name, metadata={PROJECTION_KEY: proj.key, "clara_fit_rows": proj.fit_rows}
+                self._claim_name,
+                metadata={PROJECTION_KEY: proj.key, "clara_fit_rows": proj.fit_rows},
+                embedding_function=None,
             )
             logger.info("fitted the projection of store %r on %d chunks", self.store.name, proj.fit_rows)
         except Exception as err:  # chromadb raises several types for "exists"; the claim read below tells
@@ -266,6 +268,13 @@ class SharedLayout:
             have.update((cid, shard, int(r)) for cid, r in zip(ids, rows))
         missing = [c for c, (m, _) in records.items() if (c, str(m[SHARD]), int(m[ROW])) not in have]
         return damaged, missing
+
+    def unreferenced_rows(self, referenced: int) -> tuple[int, int]:
+        """``(rows, bytes)`` in the shards beyond the ``referenced`` rows that records point at (append-only
+        shards keep the rows of deleted and re-indexed chunks)."""
+        per_row = self.shards.row_bytes + 4  # the row and its CRC in the shard
+        rows = sum((size - HEADER_SIZE) // per_row for size in self.shards._listing().values())
+        return max(rows - referenced, 0), max(rows - referenced, 0) * per_row
 
     def index_width(self, col: Any) -> int:
         """The augmented projection's width."""

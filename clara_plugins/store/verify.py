@@ -36,6 +36,7 @@ class VerifyReport:
     scan_problems: list[str] = field(default_factory=list)
     not_in_hnsw: list[str] = field(default_factory=list)  # chunk ids a filtered search does not find
     repaired: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # facts that are not problems (e.g. unreferenced shard rows)
 
     @property
     def ok(self) -> bool:
@@ -52,6 +53,7 @@ class VerifyReport:
         if self.not_in_hnsw:
             out.append(f"{len(self.not_in_hnsw)} chunk(s) missing from Chroma's HNSW index: {self.not_in_hnsw[:10]}")
         out += [f"repaired: {r}" for r in self.repaired]
+        out += [f"note: {n}" for n in self.notes]
         out.append("OK" if self.ok else "PROBLEMS FOUND")
         return out
 
@@ -234,6 +236,14 @@ def verify_store(store: ClaraStore, repair: bool = False) -> VerifyReport:
     report.bad_memories = store._layout_of().bad_memories(records)
     report.scan_problems = _check_scan(store, records)
     report.not_in_hnsw = _hnsw_missing(store, col, records)
+    layout = store._layout_of()
+    if hasattr(layout, "unreferenced_rows"):
+        rows, size = layout.unreferenced_rows(len(records))
+        if rows:
+            report.notes.append(
+                f"{rows} memory row(s) in the shards ({size / 2**20:.1f} MiB) belong to no record: deleted or "
+                "re-indexed chunks, or a writer killed before its records; they are never served"
+            )
     if repair:
         _repair(store, col, records, report)
     return report

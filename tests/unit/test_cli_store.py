@@ -97,3 +97,23 @@ def test_index_bad_input_keeps_store(capsys, tmp_path, corpus, model_dir):
     assert code == 1 and "bad.jsonl:1" in err
     code, out, _ = _run(capsys, "info", "--db", db, "--json")
     assert json.loads(out)["n_docs"] == 1
+
+
+def test_a_shared_store_from_the_command_line(capsys, tmp_path, corpus, model_dir):
+    """--memories makes a "shared" store; the other commands find the memories through the store; bad options fail."""
+    db, mem = str(tmp_path / "db"), str(tmp_path / "shards")
+    code, out, _ = _run(
+        capsys, "index", "--db", db, "--model", model_dir, "--memories", mem, "--no-progress", str(corpus)
+    )
+    assert code == 0 and "indexed 5 documents" in out
+    code, out, _ = _run(capsys, "info", "--db", db, "--json")
+    info = json.loads(out)
+    assert (info["layout"], info["memories_url"], info["n_docs"]) == ("shared", mem, 5) and info["memories_bytes"] > 0
+    code, out, _ = _run(capsys, "search", "--db", db, "-k", "2", "--json", "Who is the editor?")
+    assert code == 0 and len(json.loads(out)["hits"]) == 2
+    code, out, _ = _run(capsys, "check", "--db", db)
+    assert code == 0 and "OK" in out
+    code, _, err = _run(capsys, "index", "--db", db, "--memories", str(tmp_path / "other"), str(corpus))
+    assert code != 0 and "keeps its memories in" in err
+    code, _, err = _run(capsys, "search", "--db", db, "--storage-option", "novalue", "question?")
+    assert code != 0 and "KEY=VALUE" in err

@@ -50,7 +50,9 @@ def test_a_second_client_finds_the_memories_through_the_store(tmp_path):
     x = _vectors(120)
     writer.add(_records(120), x)
     reader = ClaraStore(client=client)  # no memories=: the URL is recorded in the collection
-    assert reader.info().memories_url == str(tmp_path / "memories")
+    info = reader.info()
+    assert info.memories_url == str(tmp_path / "memories") and info.layout == "shared"
+    assert info.memories_bytes == sum(p.stat().st_size for p in _shard_files(tmp_path)) > 120 * DIM * 2
     assert [h.id for h in reader.search(x[7][None], k=1)[0]] == ["d7#0"]
     with pytest.raises(InputError, match="keeps its memories in"):
         ClaraStore(client=client, memories=str(tmp_path / "elsewhere")).count()
@@ -88,6 +90,8 @@ def test_where_filters_and_deletes(tmp_path):
     store.delete(doc_ids=["d40"])
     assert "d40#0" not in {h.id for h in store.search(x[40][None], k=10)[0]}
     assert store.count() == 59
+    report = store.verify()
+    assert report.ok and any("1 memory row(s)" in line for line in report.lines())  # kept in the shard, unserved
 
 
 def test_int8_memories_take_half_the_bytes_and_rank_the_same(tmp_path):
