@@ -71,7 +71,7 @@ def main() -> None:
     p.add_argument("--chunks", type=int, default=10_000_000)
     p.add_argument("--gpus", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--mfu", type=float, default=0.35, help="assumed model-FLOPs utilisation of batched compression")
-    p.add_argument("--chroma-bytes", type=float, default=6200, help="Chroma bytes per chunk (measured by the bench)")
+    p.add_argument("--chroma-bytes", type=float, default=4700, help="Chroma bytes per chunk (measured by the bench)")
     p.add_argument("--scan-rows", type=int, default=1_000_000, help="rows of the scan timed here")
     p.add_argument("--candidates", type=int, default=64, help="memories read per question for the re-rank")
     p.add_argument("--s3-ms", type=float, default=30.0, help="assumed first-byte latency of a ranged object read")

@@ -230,6 +230,10 @@ class ObjectShards:
             raise StoreError(msg)
         return values.view(np.uint8).reshape(len(values), -1)
 
+    def put_object(self, name: str, data: bytes, create: bool = True) -> None:
+        """Write the object ``name`` (relative to the root) whole; with ``create`` an existing one is refused."""
+        self._put(name, bytes(data), create)
+
     def _put(self, name: str, data: bytes, create: bool) -> None:
         """Write one object whole: an object-store put (atomic), or a temp file renamed into place locally."""
         path = self._path(name)

@@ -7,6 +7,7 @@ import io
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,9 +102,13 @@ class Projection:
 
     def docs(self, memories: np.ndarray) -> np.ndarray:
         """Projected document vectors ``[N, d]``."""
+        return self.docs_from_projected(self._z(memories))
+
+    def docs_from_projected(self, z: Any) -> np.ndarray:
+        """``docs`` from ``project``'s output (so a writer that needs both projects once)."""
         import torch
 
-        z = self._z(memories)
+        z = torch.as_tensor(z, dtype=torch.float32)
         if self.augment:
             rest = (self.RADIUS**2 - z.square().sum(dim=1, keepdim=True)).clamp_min(0.0).sqrt()
             z = torch.cat([z, rest], dim=1)

@@ -48,6 +48,7 @@ from clara_plugins.store.shared_scan import SharedScan, read_scan, scan_bytes, s
 logger = logging.getLogger(__name__)
 
 PROJECTION_KEY = "clara_projection"  # metadata key of the claim collection: the projection file's key
+SHARD_ROWS = 256  # rows per shard file at most: 32 MB at 7B width in fp16 (objects stay easy to copy and cache)
 
 
 class SharedLayout:
@@ -154,21 +155,27 @@ class SharedLayout:
         return self._scan
 
     def add(self, col: Any, records: Sequence[ChunkRecord], memories: np.ndarray, metas: list[dict]) -> None:
-        """Write one shard of the memories and its scan file, then upsert the records pointing at its rows."""
+        """Write the memories as shards of at most ``SHARD_ROWS`` rows, each with its scan file, then upsert the
+        records pointing at their rows."""
         proj = self.projection() or self._claim(memories)
-        locations = self.shards.write(memories)
+        for start in range(0, len(records), SHARD_ROWS):
+            part = slice(start, start + SHARD_ROWS)
+            self._add_shard(col, proj, records[part], memories[part], metas[part])
+
+    def _add_shard(self, col: Any, proj: Projection, records: Sequence[ChunkRecord], mems: Any, metas: list) -> None:
+        locations = self.shards.write(mems)
         shard, rows, ids = locations[0].shard, [loc.row for loc in locations], [r.id for r in records]
-        vectors = proj.project(memories)
-        self.shards._put(scan_name(shard), scan_bytes(ids, rows, vectors, proj.key), create=True)
+        z = proj.project(mems)
+        self.shards.put_object(scan_name(shard), scan_bytes(ids, rows, z, proj.key))
         col.upsert(
             ids=ids,
-            embeddings=proj.docs(memories),
+            embeddings=proj.docs_from_projected(z),
             documents=[r.text for r in records],
             metadatas=[{**m, SHARD: loc.shard, ROW: loc.row, CRC: loc.crc} for m, loc in zip(metas, locations)],
         )
         scan = self.scan()
         assert scan is not None
-        scan.add(shard, ids, rows, vectors)
+        scan.add(shard, ids, rows, z)
 
     def memories(self, col: Any, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """The records' memories, read by byte range from their shards."""
@@ -242,7 +249,7 @@ class SharedLayout:
             metas = [m for _, _, m in items]
             vectors = proj.project(self.shards.read([_location(m) for m in metas])) if metas else np.zeros((0, 1))
             data = scan_bytes([c for _, c, _ in items], [r for r, _, _ in items], vectors, proj.key)
-            self.shards._put(scan_name(shard), data, create=False)
+            self.shards.put_object(scan_name(shard), data, create=False)
         self._scan = None  # reload every scan file
         return f"wrote {len(shards)} scan file(s) again from the shards' memories"
 

@@ -36,7 +36,7 @@ def test_search_ranks_like_exact_cosine_and_memories_round_trip(tmp_path):
     x = _vectors(300)
     store.add(_records(300), x)
     assert store.layout == "shared" and store.count() == 300
-    assert len(_shard_files(tmp_path)) == 1  # one add, one shard (Chroma's batch limit is far above 300)
+    assert len(_shard_files(tmp_path)) == 2  # one add of 300: shards of at most 256 rows
     for i in (0, 17, 299):
         hits = store.search(x[i][None], k=5)[0]
         assert [h.id for h in hits] == [f"d{j}#0" for j in _exact_top(x[i], x, 5)]
@@ -113,6 +113,7 @@ def test_a_damaged_or_missing_shard_is_an_error_never_other_results(tmp_path):
     store.add(_records(40), x[:40])
     store.add(_records(40, offset=40), x[40:])
     shard = _shard_files(tmp_path)[0]
+    assert len(_shard_files(tmp_path)) == 2
     row = next(r for r in store._collection().get(include=["metadatas"])["metadatas"] if r["clara_shard"] in str(shard))
     raw = bytearray(shard.read_bytes())
     raw[64 + int(row["clara_row"]) * DIM * 2 + 10] ^= 0xFF  # one byte of one fp16 row
