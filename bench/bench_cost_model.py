@@ -115,7 +115,7 @@ def main() -> None:
          args.chroma_bytes, args.chroma_bytes),
         ("each query client's RAM: the scan", scan_row, scan_row),
     ):  # fmt: skip
-        print(f"| {label} | {a:,.0f} / {b:,.0f} B | {n * a / 1e12:,.2f} / {n * b / 1e12:,.2f} TB |")
+        print(f"| {label} | {a:,.0f} / {b:,.0f} B | {n * a / 1e9:,.1f} / {n * b / 1e9:,.1f} GB |")
 
     ms = scan_ms(args.scan_rows)
     scan_10m = ms * n / args.scan_rows
