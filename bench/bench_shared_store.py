@@ -7,6 +7,8 @@ Parts (each prints a table and compares against its alternative in the same run)
   shards  the object-storage part alone (clara_plugins.object_shards on the S3 server): shard write throughput, and
           reading the 64 re-rank candidates of a query with one request per row (sequential, then concurrent) vs
           ranges merged per shard, fp16 and int8.
+  bundled real chunks: the bundled model over the demo corpus (1,170 chunks) in a shared store and in the local
+          "pca" layout, recall@10 against the exact ranking and search time per question, in one run.
   store   the issue's "what must be shown": N chunks (default 20,000) of synthetic 65,536-d memories (7B at
           compression 16) ingested through `ClaraStore(..., layout="shared")` by 1 worker vs 2 workers (chunks/s and
           the ratio), then 2 querying clients at once (query p50 / p95), recall@10 against the exact CLaRa ranking
@@ -225,6 +227,47 @@ def part_shards(args: argparse.Namespace, srv: dict) -> None:
     table(f"Memory shards on {args.s3}'s S3 server (127.0.0.1), {DIM}-d rows, p50 of {args.repeats}", rows)
 
 
+# ---- part: bundled -----------------------------------------------------------------------------------------------
+def part_bundled(args: argparse.Namespace, srv: dict, root: Path) -> None:
+    """Real chunks: the bundled model over the demo corpus in a shared store (the servers) and, in the same run, in
+    the local "pca" layout; recall@10 of each against the exact ranking, and search time per question."""
+    import chromadb
+    import torch
+
+    from clara_plugins import ClaraModel, ClaraRAG
+    from clara_plugins.store import ClaraStore
+
+    torch.set_num_threads(1)
+    assets = Path(__file__).resolve().parents[1] / "clara_plugins" / "assets"
+    docs = [json.loads(line) for line in (assets / "demo_corpus.jsonl").read_text().splitlines() if line.strip()]
+    questions = [json.loads(line)["question"] for line in (assets / "demo_questions.jsonl").read_text().splitlines()]
+    questions = questions[: args.queries]
+    model = ClaraModel.from_pretrained("tiny", device="cpu")
+    client = chromadb.HttpClient(host="127.0.0.1", port=srv["chroma_port"])
+    stores = {
+        "shared (chroma run + S3)": ClaraStore(
+            client=client, collection="bundled", memories=f"{srv['bucket']}/bundled", storage_options=srv["s3"]
+        ),
+        "pca (local folder)": ClaraStore(path=root / "bundled-pca"),
+    }
+    q = model.encode_query(questions).numpy()
+    rows = []
+    for name, store in stores.items():
+        rag = ClaraRAG(model, store)
+        rag.index([{"id": d["id"], "text": d["text"]} for d in docs], show_progress=False)
+        ids = [h.id for h in store.iter_records(texts=False)]
+        mems = store.get_memories(ids)
+        xn = mems / np.linalg.norm(mems, axis=1, keepdims=True)
+        t0 = time.perf_counter()
+        got = [store.search(q[i : i + 1], k=10)[0] for i in range(len(q))]
+        per_q = (time.perf_counter() - t0) / len(q) * 1e3
+        exact = np.argsort(-(q / np.linalg.norm(q, axis=1, keepdims=True)) @ xn.T, axis=1)[:, :10]
+        recall = np.mean([len({h.id for h in g} & {ids[j] for j in exact[i]}) / 10 for i, g in enumerate(got)])
+        rows.append((f"{name}: recall@10 vs exact ({len(ids)} chunks, {len(q)} questions)", f"{recall:.4f}", ">=0.98"))
+        rows.append((f"{name}: search, one question at a time (ms)", f"{per_q:.1f}"))
+    table(f"Bundled model over the demo corpus, {args.s3}'s S3 server", rows)
+
+
 # ---- part: store -------------------------------------------------------------------------------------------------
 def open_store(cfg: dict):
     import chromadb
@@ -415,7 +458,7 @@ def table(title: str, rows: list[tuple]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["shards", "store", "all"], default="all")
+    parser.add_argument("--part", choices=["shards", "store", "bundled", "all"], default="all")
     parser.add_argument("--chunks", type=int, default=20000)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--dtypes", default="float16,int8")
@@ -430,6 +473,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="clara-shared-bench-") as tmp, servers(Path(tmp), args.s3) as srv:
         if args.part in ("shards", "all"):
             part_shards(args, srv)
+        if args.part in ("bundled", "all"):
+            part_bundled(args, srv, Path(tmp))
         if args.part in ("store", "all"):
             part_store(args, srv, Path(tmp))
 
