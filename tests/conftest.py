@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -12,6 +13,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,31 +73,60 @@ def tiny_official_dir(tiny_official) -> Path:
 MOTO_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def installed_tool(name: str, hint: str) -> str:
+    """The command ``name`` of this virtual environment (else on PATH); the test is skipped when there is none."""
+    exe = Path(sys.executable).with_name(name)
+    cli = str(exe) if exe.exists() else shutil.which(name)
+    if not cli:
+        pytest.skip(f"{name} is not installed ({hint})")
+    return cli
+
+
+@contextlib.contextmanager
+def running_server(cmd: list[str], probe: Callable[[], object], what: str, timeout: float = 60) -> Iterator[None]:
+    """Start ``cmd`` (quiet), wait until ``probe()`` stops raising, stop it afterwards; a server that exits or does
+    not answer in ``timeout`` seconds fails the test."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            probe()
+            break
+        except Exception:  # not up yet
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"{what} did not start (exit code {proc.poll()})")
+            time.sleep(0.1)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """URL of a real S3-compatible server (moto's server mode, ``moto_server``) on 127.0.0.1, up for the session."""
-    exe = Path(sys.executable).with_name("moto_server")
-    cli = str(exe) if exe.exists() else shutil.which("moto_server")
-    if not cli:
-        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    proc = subprocess.Popen([cli, "-H", "127.0.0.1", "-p", str(port)], **quiet)
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"moto_server did not start (exit code {proc.poll()})")
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    cli = installed_tool("moto_server", "pip install 'moto[server]'")
+    port = str(free_port())
+    url = f"http://127.0.0.1:{port}"
+    with running_server(
+        [cli, "-H", "127.0.0.1", "-p", port],
+        lambda: urllib.request.urlopen(f"{url}/moto-api/", timeout=1),
+        "moto_server",
+        30,
+    ):
+        yield url
 
 
 @pytest.fixture

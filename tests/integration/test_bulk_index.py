@@ -25,7 +25,7 @@ import pytest
 from clara_plugins.bulk_index import PID_DIR_ENV
 from clara_plugins.rag import ClaraRAG
 from clara_plugins.store import ClaraStore
-from tests.integration.conftest import free_port
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

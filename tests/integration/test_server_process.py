@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import free_port
+from tests.conftest import free_port
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
