@@ -10,7 +10,7 @@ collection, its model binding, locking, records, texts and their checks). Layout
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -61,3 +61,32 @@ def rerank(cands: list[tuple[str, dict, str | None]], memories: Any, query: np.n
     scores = exact_scores(memories, query)
     top = scores.argsort(descending=True, stable=True)[:k].tolist()
     return [(*cands[i], float(scores[i])) for i in top]
+
+
+def live_candidates(
+    col: Any, tops: list[list[tuple[str, Any]]], still_at: Callable[[dict, Any], bool], n_cand: int
+) -> list[list | None]:
+    """Per question the live ``(id, metadata, text)`` among an exact scan's top ``(id, location)`` rows: the record
+    exists and ``still_at(its metadata, location)`` (re-indexed chunks get new rows; rows of deleted or never
+    committed chunks have no record). None for a question whose ``n_cand`` rows are mostly stale."""
+    from clara_plugins.store.chroma import get_by_ids
+
+    records = get_by_ids(col, [cid for top in tops for cid, _ in top if cid], ["metadatas", "documents"])
+    out: list[list | None] = []
+    for top in tops:
+        live = [
+            (cid, records[cid][0], records[cid][1] or "")
+            for cid, where in top
+            if cid in records and still_at(records[cid][0], where)
+        ]
+        out.append(live if len(top) < n_cand or len(live) >= n_cand // 2 else None)
+    return out
+
+
+def with_hnsw_fallback(candidates: list[list | None], hnsw: Callable[[list[int]], list[list]]) -> list[list]:
+    """``candidates`` with the questions a scan could not answer (None) answered by ``hnsw(their indices)``."""
+    missing = [i for i, cands in enumerate(candidates) if cands is None]
+    if missing:  # too many stale rows among the scan's candidates: ask HNSW for those questions
+        for i, cands in zip(missing, hnsw(missing)):
+            candidates[i] = cands
+    return candidates

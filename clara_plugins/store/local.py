@@ -19,7 +19,7 @@ import numpy as np
 
 from clara_plugins.errors import StoreError
 from clara_plugins.store.chroma import get_by_ids, pages
-from clara_plugins.store.layout import Candidate, rerank
+from clara_plugins.store.layout import Candidate, live_candidates, rerank, with_hnsw_fallback
 from clara_plugins.store.projection import Projection, torch_float
 from clara_plugins.store.records import ANN_DIM, FORMAT, HIDDEN_SIZE, MEMORY_DIM, MEMORY_DTYPE, ROW, ChunkRecord
 from clara_plugins.store.scan import ScanIndex
@@ -191,11 +191,10 @@ class PcaLayout:
         if self.scan is None:  # opened while empty; another process has added chunks since
             self.open_scan(projection)
         if where is None and self.scan is not None:
-            candidates = self._scan_candidates(col, queries, projection, n_cand)
-            missing = [i for i, cands in enumerate(candidates) if cands is None]
-            if missing:  # too many deleted rows among the scan's candidates: ask HNSW for those questions
-                for i, cands in zip(missing, self._ann_candidates(col, queries[missing], projection, n_cand, None)):
-                    candidates[i] = cands
+            candidates = with_hnsw_fallback(
+                self._scan_candidates(col, queries, projection, n_cand),
+                lambda idx: self._ann_candidates(col, queries[idx], projection, n_cand, None),
+            )
         else:
             candidates = self._ann_candidates(col, queries, projection, n_cand, where)
         out = []
@@ -213,17 +212,8 @@ class PcaLayout:
             return [None] * len(q)
         committed = self.sidecar.refresh_committed()
         rows, ids = self.scan.top_rows(projection.project_queries(q), committed, n_cand)
-        records = get_by_ids(col, [cid for row in ids for cid in row if cid], ["metadatas", "documents"])
-        out: list[list | None] = []
-        for row_ids, row_rows in zip(ids, rows):
-            # live: the record exists and still points at this row (re-indexed chunks get new rows)
-            live = [
-                (cid, records[cid][0], records[cid][1] or "")
-                for cid, r in zip(row_ids, row_rows)
-                if cid in records and int(records[cid][0][ROW]) == r
-            ]
-            out.append(live if len(row_rows) < n_cand or len(live) >= n_cand // 2 else None)
-        return out
+        tops = [list(zip(row_ids, row_rows)) for row_ids, row_rows in zip(ids, rows)]
+        return live_candidates(col, tops, lambda meta, row: int(meta[ROW]) == row, n_cand)
 
     def _ann_candidates(
         self, col: Any, q: np.ndarray, projection: Projection, n_cand: int, where: dict | None

@@ -407,13 +407,14 @@ class ObjectShards:
 
     def shards(self) -> list[str]:
         """Names of every shard under the root (relative to it), sorted."""
-        return sorted(self._listing())
+        return sorted(self.sizes())
 
     def nbytes(self) -> int:
         """Total bytes of every shard under the root (blobs not included)."""
-        return int(sum(self._listing().values()))
+        return int(sum(self.sizes().values()))
 
-    def _listing(self) -> dict[str, int]:
+    def sizes(self) -> dict[str, int]:
+        """Bytes of each shard under the root, by name (listed afresh: other processes add shards)."""
         folder = self._path(_SHARDS)
         self.fs.invalidate_cache(folder)  # other processes add shards: never answer from a cached listing
         try:

@@ -28,7 +28,7 @@ import numpy as np
 
 from clara_plugins.errors import InputError, StoreError
 from clara_plugins.store.chroma import get_by_ids
-from clara_plugins.store.layout import Candidate, rerank
+from clara_plugins.store.layout import Candidate, live_candidates, rerank, with_hnsw_fallback
 from clara_plugins.store.local import REFIT_MAX_ROWS, ann_candidates
 from clara_plugins.store.object_shards import HEADER_SIZE, ObjectShards, RowLocation
 from clara_plugins.store.projection import Projection, torch_float
@@ -43,7 +43,14 @@ from clara_plugins.store.records import (
     SHARD,
     ChunkRecord,
 )
-from clara_plugins.store.shared_scan import SharedScan, read_scan, scan_bytes, scan_name, shard_of_scan
+from clara_plugins.store.shared_scan import (
+    SharedScan,
+    list_scan_files,
+    read_scan,
+    scan_bytes,
+    scan_name,
+    shard_of_scan,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -192,12 +199,10 @@ class SharedLayout:
             return [[] for _ in queries]
         n_cand = max(self.store.candidates, 4 * k)
         if where is None:
-            candidates = self._scan_candidates(col, queries, proj, n_cand)
-            missing = [i for i, cands in enumerate(candidates) if cands is None]
-            if missing:  # mostly stale rows among the scan's candidates: ask HNSW for those questions
-                hnsw = ann_candidates(col, proj.queries(queries[missing]), n_cand, None, self.store.where)
-                for i, cands in zip(missing, hnsw):
-                    candidates[i] = cands
+            candidates = with_hnsw_fallback(
+                self._scan_candidates(col, queries, proj, n_cand),
+                lambda idx: ann_candidates(col, proj.queries(queries[idx]), n_cand, None, self.store.where),
+            )
         else:
             candidates = ann_candidates(col, proj.queries(queries), n_cand, where, self.store.where)
         wanted = list(dict.fromkeys(cid for cands in candidates for cid, _, _ in cands))
@@ -215,18 +220,8 @@ class SharedLayout:
         scan = self.scan()
         assert scan is not None
         scan.refresh()
-        tops = scan.top(proj.project_queries(q), n_cand)
-        records = get_by_ids(col, [cid for top in tops for cid, _, _ in top], ["metadatas", "documents"])
-        out: list[list | None] = []
-        for top in tops:
-            # live: the record exists and still points at this shard and row (re-indexed chunks get new rows)
-            live = [
-                (cid, records[cid][0], records[cid][1] or "")
-                for cid, shard, row in top
-                if cid in records and records[cid][0][SHARD] == shard and int(records[cid][0][ROW]) == row
-            ]
-            out.append(live if len(top) < n_cand or len(live) >= n_cand // 2 else None)
-        return out
+        tops = [[(cid, (shard, row)) for cid, shard, row in top] for top in scan.top(proj.project_queries(q), n_cand)]
+        return live_candidates(col, tops, lambda meta, at: (meta[SHARD], int(meta[ROW])) == at, n_cand)
 
     # ------------------------------------------------------------------ verify and repair
     def scan_problems(self, records: dict[str, tuple[dict, str | None]]) -> list[str]:
@@ -255,12 +250,11 @@ class SharedLayout:
 
     def _scan_damage(self, records: dict[str, tuple[dict, str | None]]) -> tuple[list[str], list[str]]:
         """``(unreadable scan files, ids of records with no row in them)``."""
-        fresh = self.scan()
-        if fresh is None:
+        if self.scan() is None:
             return [], []
         have: set[tuple[str, str, int]] = set()
         damaged: list[str] = []
-        listing = SharedScan(self.shards, fresh.key, fresh.width)._listing()
+        listing = list_scan_files(self.shards)
         blobs = self.shards.fs.cat([f"{self.shards.root}/{n}" for n in listing], on_error="return") if listing else {}
         for name in listing:
             data = blobs.get(f"{self.shards.root}/{name}")
@@ -280,7 +274,7 @@ class SharedLayout:
         """``(rows, bytes)`` in the shards beyond the ``referenced`` rows that records point at (append-only
         shards keep the rows of deleted and re-indexed chunks)."""
         per_row = self.shards.row_bytes + 4  # the row and its CRC in the shard
-        rows = sum((size - HEADER_SIZE) // per_row for size in self.shards._listing().values())
+        rows = sum((size - HEADER_SIZE) // per_row for size in self.shards.sizes().values())
         return max(rows - referenced, 0), max(rows - referenced, 0) * per_row
 
     def index_width(self, col: Any) -> int:

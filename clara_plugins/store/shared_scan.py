@@ -37,6 +37,18 @@ def scan_name(shard: str) -> str:
     return f"{SCANS}/{shard.rsplit('/', 1)[-1].removesuffix('.shard')}.scan"
 
 
+def list_scan_files(shards: Any) -> list[str]:
+    """Names (relative to the root) of every scan file of a store's ``ObjectShards``, listed afresh."""
+    fs, folder = shards.fs, f"{shards.root}/{SCANS}"
+    fs.invalidate_cache(folder)  # other clients add scan files: never answer from a cached listing
+    try:
+        found = fs.find(folder)
+    except FileNotFoundError:
+        return []
+    prefix = len(shards.root) + 1 if shards.root else 0
+    return sorted(p[prefix:] for p in found if p.endswith(".scan"))
+
+
 def shard_of_scan(name: str) -> str:
     """The shard of a scan file (``scans/x.scan`` -> ``shards/x.shard``)."""
     return f"shards/{name.rsplit('/', 1)[-1].removesuffix('.scan')}.shard"
@@ -115,7 +127,7 @@ class SharedScan:
         with self._lock:
             if not force and time.monotonic() - self._refreshed < self.refresh_s:
                 return
-            names = [n for n in self._listing() if n not in self._seen]
+            names = [n for n in list_scan_files(self.shards) if n not in self._seen]
             self._refreshed = time.monotonic()
             if not names:
                 return
@@ -138,16 +150,6 @@ class SharedScan:
             msg = f"scan file {where} was made for another projection ({key}, not {self.key}); rewrite it with --repair"
             raise StoreError(msg)
         self.add(shard_of_scan(name), ids, rows, vectors)
-
-    def _listing(self) -> list[str]:
-        fs, folder = self.shards.fs, f"{self.shards.root}/{SCANS}"
-        fs.invalidate_cache(folder)  # other clients add scan files: never answer from a cached listing
-        try:
-            found = fs.find(folder)
-        except FileNotFoundError:
-            return []
-        prefix = len(self.shards.root) + 1 if self.shards.root else 0
-        return sorted(p[prefix:] for p in found if p.endswith(".scan"))
 
     def top(self, queries: np.ndarray, n: int) -> list[list[tuple[str, str, int]]]:
         """Per projected query ``[B, width]``: ``(id, shard, row)`` of the ``n`` rows with the largest inner product."""

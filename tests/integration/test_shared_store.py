@@ -19,6 +19,7 @@ import pytest
 
 from clara_plugins import ClaraModel
 from clara_plugins.store import ClaraStore
+from tests.unit.test_store import _exact_top
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -136,8 +137,3 @@ def s3_bucket_listing(bucket: dict, prefix: str) -> list[str]:
 
     fs = s3fs.S3FileSystem(**bucket["storage_options"])
     return fs.ls(f"{bucket['url'][5:]}/{prefix}/shards")
-
-
-def _exact_top(q: np.ndarray, x: np.ndarray, k: int) -> list[int]:
-    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return list(np.argsort(-(xn @ (q / np.linalg.norm(q))))[:k])
