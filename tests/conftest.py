@@ -70,6 +70,14 @@ def tiny_official_dir(tiny_official) -> Path:
     return tiny_official[0]
 
 
+@pytest.fixture(scope="session")
+def model_dir(tiny_model, tmp_path_factory) -> str:
+    """The test-shape tiny model saved in our format, for commands and processes that load a model by path."""
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    tiny_model.save_pretrained(folder)
+    return str(folder)
+
+
 MOTO_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 

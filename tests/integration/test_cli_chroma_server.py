@@ -19,13 +19,6 @@ def port(chroma_port):
     return chroma_port
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_model, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_model.save_pretrained(folder)
-    return str(folder)
-
-
 def _json(capsys, *argv: str) -> dict:
     code = main(list(argv))
     captured = capsys.readouterr()

@@ -30,13 +30,6 @@ print(json.dumps({"ids": res["ids"], "found": found, "ok": store.verify().ok}))
 """
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_model, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_model.save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.mark.parametrize("layout", ["pca", "full"])
 def test_two_writers_into_one_store(tmp_path, passages, model_dir, tiny_model, layout):
     folders = []

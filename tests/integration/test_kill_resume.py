@@ -18,13 +18,6 @@ from clara_plugins.store import ClaraStore
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_model, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_model.save_pretrained(folder)
-    return str(folder)
-
-
 def _index_cmd(db, model_dir, corpus, layout):
     cli = [sys.executable, "-m", "clara_plugins.cli", "index", "--db", str(db), "--model", model_dir]
     return [*cli, "--batch-size", "4", "--layout", layout, str(corpus)]

@@ -16,13 +16,6 @@ from clara_plugins.cli.store_options import TOKEN_ENV, _headers
 from clara_plugins.rag import ClaraRAG
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_model, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_model.save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.fixture
 def folder(tmp_path, passages):
     root = tmp_path / "docs"

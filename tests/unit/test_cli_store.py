@@ -11,13 +11,6 @@ from clara_plugins.corpus import read_corpus
 from clara_plugins.errors import InputError
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_model, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    tiny_model.save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.fixture
 def corpus(tmp_path, passages):
     root = tmp_path / "corpus"
