@@ -53,6 +53,14 @@ class FullLayout:
         """Chroma keeps the vectors itself (no checksum of ours to check)."""
         return []
 
+    def scan_problems(self, records: dict[str, tuple[dict, str | None]]) -> list[str]:
+        """No scan in this layout."""
+        return []
+
+    def repair_scan(self, records: dict[str, tuple[dict, str | None]]) -> str:
+        """No scan in this layout."""
+        return ""
+
     def index_vectors(self, metas: list[dict]) -> np.ndarray | None:
         """None: the Chroma vector is the only copy of the memory."""
         return None

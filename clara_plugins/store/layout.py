@@ -41,6 +41,12 @@ class Layout(Protocol):
     def bad_memories(self, records: dict[str, tuple[dict, str | None]]) -> list[str]:
         """Ids of records whose stored memory is damaged or missing (``verify``)."""
 
+    def scan_problems(self, records: dict[str, tuple[dict, str | None]]) -> list[str]:
+        """Problems of the layout's exact scan, if it has one (``verify``)."""
+
+    def repair_scan(self, records: dict[str, tuple[dict, str | None]]) -> str:
+        """Rebuild the scan from the memories and the records; what was done (``verify --repair``)."""
+
     def index_vectors(self, metas: list[dict]) -> np.ndarray | None:
         """The Chroma vectors of records rebuilt from their memories (None: the vector is the only copy)."""
 

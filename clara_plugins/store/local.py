@@ -243,6 +243,31 @@ class PcaLayout:
             bad += [c for c in part if row_of[c] in bad_rows]
         return bad
 
+    def scan_problems(self, records: dict[str, tuple[dict, str | None]]) -> list[str]:
+        """Problems of the exact scan: unreadable, rows failing their CRC, rows not holding their record's id."""
+        try:
+            self.open_scan(self.projection())
+            scan = self.scan
+            assert scan is not None and self.sidecar is not None
+            with scan._lock:
+                scan._reset()
+                scan._refresh(self.sidecar.committed)
+                ids = list(scan._ids)
+        except StoreError as err:
+            return [str(err)]
+        wrong = [cid for cid, (meta, _) in records.items() if int(meta[ROW]) >= len(ids) or ids[int(meta[ROW])] != cid]
+        return [f"{len(wrong)} record(s) not at their row of the scan: {wrong[:10]}"] if wrong else []
+
+    def repair_scan(self, records: dict[str, tuple[dict, str | None]]) -> str:
+        """Rebuild the scan files from the sidecar memories and Chroma's records (call under the write lock)."""
+        assert self.sidecar is not None
+        proj = self.projection()
+        scan = ScanIndex(self.folder, proj.basis.shape[1])
+        with self.sidecar.write_lock():
+            self.rebuild_scan(scan, proj, self.rows_to_ids())
+        self.scan = scan
+        return f"rebuilt the scan files ({self.sidecar.committed} rows)"
+
     def index_vectors(self, metas: list[dict]) -> np.ndarray | None:
         """Projections of the records' sidecar memories."""
         assert self.sidecar is not None

@@ -1,7 +1,7 @@
 """``ClaraStore.verify``: check a whole store, and with ``repair`` rebuild what is derived.
 
-Checks, per record: its text against its content hash; its memory row against its CRC (pca layout); that the exact
-scan holds its id at its row; and that Chroma's HNSW index finds it in a ``where``-filtered search over its document
+Checks, per record: its text against its content hash; its memory against its CRC; that the exact scan holds it
+(the layout's ``scan_problems``); and that Chroma's HNSW index finds it in a ``where``-filtered search over its document
 (the path every filtered search and every server store takes). Repair rebuilds the scan files (from the memories) and
 puts records that HNSW lost back into it (deleted and added again with the same id, text, metadata and vector).
 Damaged texts and memories are original data: they are reported (re-index those documents), never rewritten.
@@ -110,31 +110,6 @@ def _records(store: ClaraStore, col: Any) -> dict[str, tuple[dict, str | None]]:
         start += page
 
 
-def _check_scan(store: ClaraStore, records: dict[str, tuple[dict, str | None]]) -> list[str]:
-    """Problems of the exact scan (``pca``): unreadable, rows failing their CRC, rows not holding their record's id."""
-    pca = _pca(store)
-    if pca is None:
-        layout = store._layout_of()
-        return layout.scan_problems(records) if hasattr(layout, "scan_problems") else []
-    try:
-        pca.open_scan(pca.projection())
-        scan = pca.scan
-        assert scan is not None and pca.sidecar is not None
-        with scan._lock:
-            scan._reset()
-            scan._refresh(pca.sidecar.committed)
-            ids = list(scan._ids)
-    except StoreError as err:
-        return [str(err)]
-    wrong = [cid for cid, (meta, _) in records.items() if int(meta["clara_row"]) >= len(ids)]
-    wrong += [
-        cid
-        for cid, (meta, _) in records.items()
-        if int(meta["clara_row"]) < len(ids) and ids[int(meta["clara_row"])] != cid
-    ]
-    return [f"{len(wrong)} record(s) not at their row of the scan: {wrong[:10]}"] if wrong else []
-
-
 def _pca(store: ClaraStore) -> Any:
     """The store's ``PcaLayout``, or None for the other layouts."""
     from clara_plugins.store.local import PcaLayout
@@ -234,9 +209,9 @@ def verify_store(store: ClaraStore, repair: bool = False) -> VerifyReport:
     report = VerifyReport(records=len(records), documents=len({m["clara_doc"] for m, _ in records.values()}))
     report.bad_texts = [c for c, (m, t) in records.items() if t is None or text_hash(t) != m.get("clara_hash", "")]
     report.bad_memories = store._layout_of().bad_memories(records)
-    report.scan_problems = _check_scan(store, records)
-    report.not_in_hnsw = _hnsw_missing(store, col, records)
     layout = store._layout_of()
+    report.scan_problems = layout.scan_problems(records)
+    report.not_in_hnsw = _hnsw_missing(store, col, records)
     if hasattr(layout, "unreferenced_rows"):
         rows, size = layout.unreferenced_rows(len(records))
         if rows:
@@ -251,21 +226,10 @@ def verify_store(store: ClaraStore, repair: bool = False) -> VerifyReport:
 
 def _repair(store: ClaraStore, col: Any, records: dict[str, tuple[dict, str | None]], report: VerifyReport) -> None:
     with store._writing():
-        pca = _pca(store)
-        if report.scan_problems and pca is not None and not report.bad_memories:
-            from clara_plugins.store.scan import ScanIndex
-
-            proj = pca.projection()
-            scan = ScanIndex(pca.folder, proj.basis.shape[1])
-            with pca.sidecar.write_lock():
-                pca.rebuild_scan(scan, proj, pca.rows_to_ids())
-            pca.scan = scan
-            report.repaired.append(f"rebuilt the scan files ({pca.sidecar.committed} rows)")
-            report.scan_problems = _check_scan(store, records)
-        layout = store._layout_of()
-        if report.scan_problems and pca is None and hasattr(layout, "repair_scan") and not report.bad_memories:
+        pca, layout = _pca(store), store._layout_of()
+        if report.scan_problems and not report.bad_memories:
             report.repaired.append(layout.repair_scan(records))
-            report.scan_problems = _check_scan(store, records)
+            report.scan_problems = layout.scan_problems(records)
         lost = [c for c in report.not_in_hnsw if c not in set(report.bad_memories) | set(report.bad_texts)]
         if lost and pca is not None:
             report.repaired.append(_rebuild_collection(store, col, records))
